@@ -27,3 +27,38 @@ def full_shapes_r32(tmp_path_factory):
   builder = DallexShapes(config="r32", data_dir=str(tmp_path_factory.mktemp("shapes_r32")))
   builder.download_and_prepare()
   return builder
+
+
+def tiny_config(arch="dallex", resolution=32):
+  """A full config with tiny models, for fast tests."""
+  from dallex.config import default_config
+  c = default_config()
+  c.data.resolution = resolution
+  c.model.arch = arch
+  c.model.z_dim = 8
+  c.model.ca_dim = 8
+  c.model.text.update(max_length=48, width=32, depth=2, heads=2)
+  c.model.generator.update(style_dim=32, width=32, depth=2, heads=2, base_channels=32,
+                           min_channels=8)
+  c.model.discriminator.update(base_channels=8, max_channels=32, hidden=32, embed_dim=16)
+  c.model.discriminator.text.update(max_length=48, width=16, depth=1, heads=2)
+  c.model.seed.update(emb_dim=16, hidden_dim=32)
+  if arch == "seed":
+    c.loss.update(adversarial="nonsaturating", contrastive_d=0.0, contrastive_g=0.0,
+                  kl=0.0, gradient_penalty="none")
+  return c
+
+
+def tiny_batch(config, batch_size=4, seed=0, captions=None):
+  """A batch of random images and shapes captions at the config's sizes."""
+  import numpy as np
+  from dallex.text import ByteTokenizer
+  rng = np.random.default_rng(seed)
+  res = config.data.resolution
+  captions = captions or ["a small red circle on the left", "a large blue square at the top",
+                          "a small green triangle in the center and a large white circle "
+                          "in the top right", "x"][:batch_size]
+  captions = (captions * batch_size)[:batch_size]
+  ids, mask = ByteTokenizer(config.model.text.max_length).encode(captions)
+  image = rng.uniform(-1, 1, (batch_size, res, res, 3)).astype(np.float32)
+  return {"image": image, "ids": ids, "mask": mask}

@@ -1,0 +1,58 @@
+"""The full config schema with defaults. Experiment configs start from
+``default_config()`` and change what they need; every field is listed here."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Defaults: the `shapes32` model at 32 px on the built-in shapes dataset."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="dallex_shapes",   # dallex_shapes | caption_folder | any TFDS name
+      path="",                # caption_folder: the folder
+      resolution=32,
+      data_dir="",            # "" -> $DALLEX_DATA_DIR or ~/tensorflow_datasets
+      train_split="train",
+      image_key="image",      # other TFDS datasets: where image and captions live
+      caption_key="captions/text",
+      num_threads=2,
+      prefetch=4,
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(
+      arch="dallex",          # dallex | seed
+      dtype="float32",        # compute dtype; parameters stay float32
+      scan=True,
+      remat=False,
+      z_dim=64,
+      ca_dim=64,
+      text=dict(max_length=96, width=128, depth=2, heads=4, mlp_ratio=4),
+      generator=dict(style_dim=128, mapping_depth=2, grid=4, width=128, depth=2, heads=4,
+                     mlp_ratio=4, base_channels=128, min_channels=32),
+      discriminator=dict(base_channels=32, max_channels=256, hidden=256, embed_dim=128,
+                         text_source="own",
+                         text=dict(max_length=96, width=64, depth=1, heads=4, mlp_ratio=4)),
+      seed=dict(emb_dim=64, hidden_dim=256),
+  ))
+
+  c.loss = ml_collections.ConfigDict(dict(
+      adversarial="hinge",    # hinge | nonsaturating
+      gradient_penalty="r1",  # r1 | magp | none
+      r1_gamma=1.0,           # term: gamma / 2 * R1
+      magp_weight=2.0,        # term: k * MA-GP^p
+      magp_power=6.0,
+      mismatch=True,          # D: real image + wrong caption also scored as fake (DF-GAN)
+      feature_matching=1.0,
+      feature_matching_paired=False,
+      feature_net_path="",    # optional frozen perceptual network (.npz)
+      feature_net_weight=0.0,
+      contrastive_d=1.0,      # InfoNCE on real pairs, trains D's heads
+      contrastive_g=1.0,      # InfoNCE of generated images with their captions, trains G
+      learn_temperature=True,
+      kl=1.0,
+  ))
+  return c

@@ -1,0 +1,120 @@
+"""Every loss the seed article names, as small pure functions.
+
+Logits are raw discriminator outputs (no sigmoid); batch reductions are means.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def d_nonsaturating(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """The article's BCE for D: -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z)))),
+  i.e. mean softplus(-real) + mean softplus(fake)."""
+  return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+
+
+def g_nonsaturating(fake_logits: jax.Array) -> jax.Array:
+  """Non-saturating G loss (BCE against "real"): mean -log sigmoid(D(G(z)))
+  = mean softplus(-fake)."""
+  return jnp.mean(jax.nn.softplus(-fake_logits))
+
+
+def d_hinge(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """Hinge D loss: mean max(0, 1 - real) + mean max(0, 1 + fake)."""
+  return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
+
+
+def g_hinge(fake_logits: jax.Array) -> jax.Array:
+  """Hinge G loss: -mean D(G(z))."""
+  return -jnp.mean(fake_logits)
+
+
+ADVERSARIAL: dict[str, tuple[Callable, Callable]] = {
+    "nonsaturating": (d_nonsaturating, g_nonsaturating),
+    "hinge": (d_hinge, g_hinge),
+}
+
+
+def r1_penalty(logit_fn: Callable[[jax.Array], jax.Array], images: jax.Array) -> jax.Array:
+  """R1 (Mescheder et al. 2018): mean over the batch of ||d D(x) / d x||^2 on real x.
+
+  Args:
+    logit_fn: images [B, ...] -> logits [B]; each logit depends on its own image only.
+    images: [B, ...] real images.
+
+  Returns:
+    Scalar. The usual loss term is (gamma / 2) * r1_penalty.
+  """
+  grads = jax.grad(lambda x: jnp.sum(logit_fn(x)))(images)
+  return jnp.mean(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=-1))
+
+
+def matching_aware_gp(logit_fn: Callable[[jax.Array, jax.Array], jax.Array], images: jax.Array,
+                      sentence: jax.Array, power: float = 6.0) -> jax.Array:
+  """MA-GP (DF-GAN, Tao et al. 2022): mean over real matching pairs of
+  ||(d D(x, e) / d x, d D(x, e) / d e)||_2 ^ p, with p = 6 in the paper.
+
+  The gradient is taken with respect to both the image and the sentence
+  embedding, which smooths D around the real, matching data points.
+
+  Args:
+    logit_fn: (images [B, ...], sentence [B, Dt]) -> logits [B].
+    images, sentence: real matching pairs.
+    power: p.
+
+  Returns:
+    Scalar. The usual loss term is k * matching_aware_gp (k = 2 in DF-GAN).
+  """
+  gx, ge = jax.grad(lambda x, e: jnp.sum(logit_fn(x, e)), argnums=(0, 1))(images, sentence)
+  squared = (jnp.sum(jnp.square(gx.reshape(gx.shape[0], -1)), axis=-1)
+             + jnp.sum(jnp.square(ge.reshape(ge.shape[0], -1)), axis=-1))
+  # Square root with a floor so the gradient of the penalty is finite at 0.
+  return jnp.mean(jnp.power(squared + 1e-12, power / 2.0))
+
+
+def feature_matching(real_features: Sequence[jax.Array],
+                     fake_features: Sequence[jax.Array], paired: bool = False) -> jax.Array:
+  """Perceptual loss in the discriminator's feature space, summed over layers.
+
+  Unpaired (Salimans et al. 2016): sum_l mean_c |E_batch f_l(real) - E_batch f_l(fake)|,
+  matching feature statistics. Paired (pix2pixHD): sum_l mean |f_l(real_i) - f_l(fake_i)|,
+  for when fake i was made from real i's caption. Real features are constants
+  (stop_gradient): this loss trains G only.
+  """
+  if len(real_features) != len(fake_features):
+    raise ValueError(f"{len(real_features)} real vs {len(fake_features)} fake feature maps")
+  total = jnp.float32(0.0)
+  for real, fake in zip(real_features, fake_features):
+    real = jax.lax.stop_gradient(real).astype(jnp.float32)
+    fake = fake.astype(jnp.float32)
+    if paired:
+      total += jnp.mean(jnp.abs(real - fake))
+    else:
+      total += jnp.mean(jnp.abs(real.mean(axis=0) - fake.mean(axis=0)))
+  return total
+
+
+def info_nce(img_emb: jax.Array, txt_emb: jax.Array, logit_scale: jax.Array | float) -> jax.Array:
+  """Symmetric InfoNCE (CLIP), the article's "encoder loss": image i must pick
+  caption i among the batch's captions and vice versa.
+
+  loss = (CE(s * I T^T, diag) + CE(s * T I^T, diag)) / 2 with I, T the
+  L2-normalised embeddings [B, E] and s the inverse temperature.
+  """
+  normalize = lambda v: v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-6)
+  logits = logit_scale * normalize(img_emb.astype(jnp.float32)) @ normalize(
+      txt_emb.astype(jnp.float32)).T
+  labels = jnp.arange(logits.shape[0])
+  image_to_text = -jnp.mean(jax.nn.log_softmax(logits, axis=1)[labels, labels])
+  text_to_image = -jnp.mean(jax.nn.log_softmax(logits, axis=0)[labels, labels])
+  return 0.5 * (image_to_text + text_to_image)
+
+
+def kl_divergence(mu: jax.Array, logvar: jax.Array) -> jax.Array:
+  """KL(N(mu, exp(logvar)) || N(0, I)) per sample, averaged over the batch:
+  mean_b 0.5 * sum_c (mu^2 + exp(logvar) - 1 - logvar)."""
+  return jnp.mean(0.5 * jnp.sum(jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar, axis=-1))

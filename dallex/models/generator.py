@@ -1,0 +1,134 @@
+"""The generator: text -> conditioning -> style -> Transformer over an image-token
+grid with cross-attention to the text -> convolutional upsampling -> image.
+
+    ids, mask --TextEncoder--> tokens [B,L,Dt], sentence [B,Dt]
+    sentence, eps --ConditioningAugmentation--> c [B,C]  (+ KL)
+    z [B,Z], c --mapping MLP--> w [B,W]
+    learned grid [G*G, D] + w --Transformer (self-attn, cross-attn to tokens, AdaLN(w))-->
+    [B,G,G,D] --upsampling conv blocks (AdaIN(w)), one per doubling--> [B,R,R,3] in [-1,1]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dallex.models.conditioning import Conditioning, ConditioningAugmentation
+from dallex.models.layers import Dtype, Norm, TransformerStack
+from dallex.models.text_encoder import TextEncoder, TextFeatures
+
+
+class GeneratorOutput(NamedTuple):
+  """images: [B, R, R, 3] in [-1, 1]; text: the encoder's features; cond: the CA sample."""
+  images: jax.Array
+  text: TextFeatures
+  cond: Conditioning
+
+
+def num_doublings(resolution: int, start: int) -> int:
+  """How many x2 steps lead from ``start`` to ``resolution`` (which must be start * 2^n)."""
+  n = int(round(math.log2(resolution / start))) if resolution >= start else -1
+  if n < 0 or start * 2**n != resolution:
+    raise ValueError(f"resolution {resolution} must be {start} times a power of two")
+  return n
+
+
+class AdaIN(nn.Module):
+  """Per-sample, per-channel normalisation modulated by the style vector:
+  IN(x) * (1 + scale(w)) + shift(w)."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, style: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(axis=(1, 2), keepdims=True)
+    var = x32.var(axis=(1, 2), keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + 1e-5)
+    scale, shift = jnp.split(
+        nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros, dtype=jnp.float32)(style),
+        2, axis=-1)
+    return (y * (1.0 + scale[:, None, None, :]) + shift[:, None, None, :]).astype(self.dtype)
+
+
+class UpBlock(nn.Module):
+  """x2 nearest upsampling, then two 3x3 convolutions, each followed by AdaIN(w)
+  and a leaky ReLU, with a 1x1 skip path."""
+  channels: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, style: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
+    skip = nn.Conv(self.channels, (1, 1), dtype=self.dtype, name="skip")(x)
+    for i in range(2):
+      x = nn.Conv(self.channels, (3, 3), dtype=self.dtype, name=f"conv_{i}")(x)
+      x = nn.leaky_relu(AdaIN(self.dtype, name=f"norm_{i}")(x, style), 0.2)
+    return (x + skip) / jnp.sqrt(2.0).astype(self.dtype)
+
+
+class Generator(nn.Module):
+  """Text-conditional generator (see the module docstring).
+
+  Attributes:
+    text_encoder: the generator's own text encoder.
+    resolution: R, output side; must be ``grid`` times a power of two.
+    z_dim, ca_dim, style_dim: sizes of the noise, the CA sample and the style vector.
+    mapping_depth: Dense layers of the mapping MLP.
+    grid: G, the side of the image-token grid.
+    width, depth, num_heads, mlp_ratio: the grid Transformer.
+    base_channels, min_channels: the first up block has ``base_channels``;
+      each further one halves it, down to ``min_channels``.
+  """
+  text_encoder: TextEncoder
+  resolution: int
+  z_dim: int = 64
+  ca_dim: int = 64
+  style_dim: int = 128
+  mapping_depth: int = 2
+  grid: int = 4
+  width: int = 128
+  depth: int = 2
+  num_heads: int = 4
+  mlp_ratio: int = 4
+  base_channels: int = 128
+  min_channels: int = 32
+  scan: bool = True
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  def stage_channels(self) -> list[int]:
+    """Channels of each up block, derived from the resolution."""
+    n = num_doublings(self.resolution, self.grid)
+    return [max(self.min_channels, self.base_channels // 2**i) for i in range(n)]
+
+  @nn.compact
+  def __call__(self, ids: jax.Array, mask: jax.Array, z: jax.Array,
+               ca_eps: jax.Array) -> GeneratorOutput:
+    """ids int32 [B, L], mask bool [B, L], z [B, Z], ca_eps [B, C] -> GeneratorOutput."""
+    if z.shape[-1] != self.z_dim:
+      raise ValueError(f"z has {z.shape[-1]} channels, expected z_dim={self.z_dim}")
+    text = self.text_encoder(ids, mask)
+    cond = ConditioningAugmentation(self.ca_dim, name="conditioning")(text.sentence, ca_eps)
+    w = jnp.concatenate([z, cond.c], axis=-1)
+    for i in range(self.mapping_depth):
+      w = nn.leaky_relu(nn.Dense(self.style_dim, name=f"mapping_{i}")(w), 0.2)
+
+    batch = ids.shape[0]
+    grid = self.param("grid_embed", nn.initializers.normal(0.02),
+                      (self.grid * self.grid, self.width))
+    x = grid[None] + nn.Dense(self.width, name="style_to_grid")(w)[:, None, :]
+    context = nn.Dense(self.width, dtype=self.dtype, name="text_to_context")(text.tokens)
+    x = TransformerStack(self.depth, self.num_heads, self.mlp_ratio, cross_attention=True,
+                         scan=self.scan, remat=self.remat, dtype=self.dtype,
+                         name="transformer")(x.astype(self.dtype), None, context, mask, w)
+    x = Norm(self.dtype, name="grid_norm")(x, w)
+    x = x.reshape(batch, self.grid, self.grid, self.width)
+    for i, channels in enumerate(self.stage_channels()):
+      x = UpBlock(channels, self.dtype, name=f"up_{i}")(x, w)
+    images = jnp.tanh(nn.Conv(3, (1, 1), dtype=jnp.float32, name="to_rgb")(x).astype(jnp.float32))
+    return GeneratorOutput(images, text, cond)

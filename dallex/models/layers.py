@@ -1,0 +1,150 @@
+"""Building blocks: scaled dot-product attention, pre-LN Transformer blocks with
+optional style modulation (AdaLN), and a scanned stack of them.
+
+Parameters are float32; ``dtype`` is the compute dtype (float32 or bfloat16).
+Softmax and normalisation statistics are always computed in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                          mask: jax.Array | None = None) -> jax.Array:
+  """Scaled dot-product attention: softmax(q k^T / sqrt(d) + mask) v.
+
+  Args:
+    q: [B, Lq, H, d] queries.
+    k, v: [B, Lk, H, d] keys and values.
+    mask: bool [B, Lk], True where a key may be attended to. Masked keys get
+      exactly zero weight, so padding never influences the output.
+
+  Returns:
+    [B, Lq, H, d].
+  """
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+  logits = logits / jnp.sqrt(jnp.float32(q.shape[-1]))
+  if mask is not None:
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention of ``x`` [B, Lq, D] over ``context`` [B, Lk, Dc] (self if None)."""
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None,
+               mask: jax.Array | None = None) -> jax.Array:
+    context = x if context is None else context
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+    dense = lambda name: nn.DenseGeneral((self.num_heads, width // self.num_heads),
+                                         dtype=self.dtype, name=name)
+    out = dot_product_attention(dense("query")(x), dense("key")(context),
+                                dense("value")(context), mask)
+    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+
+
+class Mlp(nn.Module):
+  """Two-layer GELU feed-forward network, ``ratio`` times wider inside."""
+  ratio: int = 4
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    x = nn.gelu(nn.Dense(width * self.ratio, dtype=self.dtype)(x))
+    return nn.Dense(width, dtype=self.dtype)(x)
+
+
+class Norm(nn.Module):
+  """LayerNorm in float32, modulated by a style vector when one is given (AdaLN):
+  LN(x) * (1 + scale(w)) + shift(w)."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, style: jax.Array | None = None) -> jax.Array:
+    if style is None:
+      return nn.LayerNorm(dtype=jnp.float32)(x).astype(self.dtype)
+    y = nn.LayerNorm(use_scale=False, use_bias=False, dtype=jnp.float32)(x)
+    # Zero-initialised so every block starts as a plain (unmodulated) LayerNorm.
+    scale, shift = jnp.split(
+        nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros, dtype=jnp.float32)(style),
+        2, axis=-1)
+    return (y * (1.0 + scale[:, None, :]) + shift[:, None, :]).astype(self.dtype)
+
+
+class TransformerBlock(nn.Module):
+  """Pre-LN block: self-attention, optional cross-attention to a context, MLP.
+
+  With ``style`` [B, W] every norm becomes AdaLN, so the style vector modulates
+  every sub-layer (the generator); without it, plain LayerNorm (the text encoder).
+  """
+  num_heads: int
+  mlp_ratio: int = 4
+  cross_attention: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None,
+               context: jax.Array | None = None, context_mask: jax.Array | None = None,
+               style: jax.Array | None = None) -> jax.Array:
+    """x: [B, L, D]; mask: bool [B, L]; context: [B, Lc, Dc]; context_mask: bool [B, Lc]."""
+    x = x + MultiHeadAttention(self.num_heads, self.dtype, name="self_attention")(
+        Norm(self.dtype)(x, style), mask=mask)
+    if self.cross_attention:
+      x = x + MultiHeadAttention(self.num_heads, self.dtype, name="cross_attention")(
+          Norm(self.dtype)(x, style), context, context_mask)
+    return x + Mlp(self.mlp_ratio, self.dtype)(Norm(self.dtype)(x, style))
+
+
+class _ScanStep(TransformerBlock):
+  """TransformerBlock with nn.scan's (carry, inputs) -> (carry, outputs) signature."""
+
+  def __call__(self, x, mask, context, context_mask, style):  # pylint: disable=arguments-differ
+    return super().__call__(x, mask, context, context_mask, style), None
+
+
+class TransformerStack(nn.Module):
+  """``depth`` TransformerBlocks, scanned (``nn.scan``) so compile time does not
+  grow with depth, optionally rematerialised to trade compute for memory.
+
+  Scanned and unscanned stacks compute the same function; their parameters are
+  laid out differently (stacked on a leading depth axis when scanned).
+  """
+  depth: int
+  num_heads: int
+  mlp_ratio: int = 4
+  cross_attention: bool = False
+  scan: bool = True
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None,
+               context: jax.Array | None = None, context_mask: jax.Array | None = None,
+               style: jax.Array | None = None) -> jax.Array:
+    """Same arguments as TransformerBlock; returns [B, L, D]."""
+    kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                  cross_attention=self.cross_attention, dtype=self.dtype)
+    if not self.scan:
+      block_cls = nn.remat(TransformerBlock) if self.remat else TransformerBlock
+      for i in range(self.depth):
+        x = block_cls(**kwargs, name=f"block_{i}")(x, mask, context, context_mask, style)
+      return x
+    step_cls = nn.remat(_ScanStep) if self.remat else _ScanStep
+    stack = nn.scan(step_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                    in_axes=(nn.broadcast,) * 4, length=self.depth)
+    x, _ = stack(**kwargs, name="blocks")(x, mask, context, context_mask, style)
+    return x

@@ -1,0 +1,114 @@
+"""The seed article's own architecture, kept as a baseline and fixed so it trains.
+
+The article's PyTorch listing: a GRU text encoder whose final hidden state is
+the latent; a generator that maps the latent through a Linear layer, one GRU
+step and a Linear layer to pixels; an MLP discriminator with a sigmoid and BCE.
+As printed it does not run or train, and these are the fixes:
+
+* ``class DALL-E`` is a syntax error: here the parts are separate modules.
+* Shape bug: ``nn.GRU`` returns its hidden state as [layers, B, H], which was
+  fed on as if it were [B, H]; here the encoder returns the last real token's
+  state [B, H] (``seq_lengths``, so padding does not change it either).
+* One Adam over all parameters, with both losses backpropagated into both
+  networks, lets each network's loss move the other; here the generator and
+  discriminator are two parameter trees with their own optimisers, as in every
+  dallex model (the train step does that, not this file).
+* The generator's GRU ran one step from a zero state, so its recurrent weights
+  multiplied zeros and never learned; the projected latent now seeds the state.
+* The generator had no noise input, so one caption could only ever give one
+  image; ``z`` is concatenated to the latent.
+* Pixels came out of a Linear layer unbounded; a tanh maps them to [-1, 1].
+* Sigmoid + BCELoss is numerically fragile; the discriminator returns logits and
+  the train step uses the same BCE on logits (``adversarial="nonsaturating"``).
+
+The discriminator stays unconditional, as in the article: it never sees the
+caption, so nothing but the generator's input ties images to text. That is the
+article's design and the reason to compare against it.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dallex.models.conditioning import Conditioning
+from dallex.models.discriminator import Judgement
+from dallex.models.generator import GeneratorOutput
+from dallex.models.text_encoder import TextFeatures
+
+
+class SeedTextEncoder(nn.Module):
+  """Embedding + GRU; the sentence vector is the GRU state after the last real token."""
+  vocab_size: int
+  emb_dim: int
+  hidden_dim: int
+
+  @nn.compact
+  def __call__(self, ids: jax.Array, mask: jax.Array) -> TextFeatures:
+    x = nn.Embed(self.vocab_size, self.emb_dim, name="embedding")(ids)
+    lengths = mask.sum(axis=1).astype(jnp.int32)
+    hidden, outputs = nn.RNN(nn.GRUCell(self.hidden_dim), return_carry=True, name="gru")(
+        x, seq_lengths=lengths)
+    return TextFeatures(outputs, mask, hidden)
+
+
+class SeedGenerator(nn.Module):
+  """The article's ImageGenerator: latent -> Linear -> one GRU step -> Linear -> pixels.
+
+  Same call signature as ``Generator``; ``ca_eps`` is unused (no conditioning
+  augmentation in the article), and the KL term is exactly zero.
+  """
+  text_encoder: SeedTextEncoder
+  resolution: int
+  z_dim: int = 64
+  hidden_dim: int = 256
+
+  @nn.compact
+  def __call__(self, ids: jax.Array, mask: jax.Array, z: jax.Array,
+               ca_eps: jax.Array) -> GeneratorOutput:
+    del ca_eps
+    text = self.text_encoder(ids, mask)
+    latent = jnp.concatenate([text.sentence, z], axis=-1)
+    hidden = nn.Dense(self.hidden_dim, name="latent_to_hidden")(latent)
+    # The projected latent is both the state and the input of the one GRU step.
+    _, out = nn.GRUCell(self.hidden_dim, name="gru")(hidden, hidden)
+    pixels = nn.Dense(self.resolution * self.resolution * 3, name="hidden_to_image")(out)
+    images = jnp.tanh(pixels).reshape(-1, self.resolution, self.resolution, 3)
+    zeros = jnp.zeros((ids.shape[0], 1), jnp.float32)
+    return GeneratorOutput(images, text, Conditioning(text.sentence, zeros, zeros))
+
+
+class SeedDiscriminator(nn.Module):
+  """The article's MLP discriminator (512 -> 256 -> 1, LeakyReLU 0.2), returning a
+  logit. Same methods as ``Discriminator``; it ignores the text."""
+  resolution: int
+
+  def setup(self):
+    self.fc_0 = nn.Dense(512)
+    self.fc_1 = nn.Dense(256)
+    self.fc_2 = nn.Dense(1)
+
+  def encode_text(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """The article's discriminator reads no text: an empty [B, 0] sentence."""
+    del mask
+    return jnp.zeros((ids.shape[0], 0), jnp.float32)
+
+  def features(self, images: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+    """images [B, R, R, 3] -> (h [B, 256], [both hidden layers])."""
+    x = images.reshape(images.shape[0], -1).astype(jnp.float32)
+    f1 = nn.leaky_relu(self.fc_0(x), 0.2)
+    h = nn.leaky_relu(self.fc_1(f1), 0.2)
+    return h, [f1, h]
+
+  def heads(self, h: jax.Array, sentence: jax.Array | None) -> Judgement:
+    """h -> Judgement with the one (unconditional) logit and empty embeddings."""
+    del sentence
+    logit = self.fc_2(h)[:, 0]
+    empty = jnp.zeros((h.shape[0], 0), jnp.float32)
+    return Judgement(logit, logit, empty, empty, jnp.float32(1.0))
+
+  def __call__(self, images: jax.Array, ids: jax.Array, mask: jax.Array,
+               sentence: jax.Array | None = None) -> tuple[Judgement, list[jax.Array]]:
+    h, feats = self.features(images)
+    return self.heads(h, sentence), feats

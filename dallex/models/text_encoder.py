@@ -1,0 +1,54 @@
+"""Transformer text encoder: byte ids -> contextual token features and a sentence vector."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dallex.models.layers import Dtype, Norm, TransformerStack
+
+
+class TextFeatures(NamedTuple):
+  """tokens: [B, L, D] per-token features; mask: bool [B, L]; sentence: [B, D]."""
+  tokens: jax.Array
+  mask: jax.Array
+  sentence: jax.Array
+
+
+class TextEncoder(nn.Module):
+  """Token + learned position embeddings, pre-LN Transformer blocks with masked
+  self-attention, a final LayerNorm, and masked mean pooling.
+
+  Padding never influences real tokens: padded keys get zero attention weight
+  and are left out of the pooled sentence vector, so appending PAD tokens
+  changes neither.
+  """
+  vocab_size: int
+  max_length: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: int = 4
+  scan: bool = True
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, ids: jax.Array, mask: jax.Array) -> TextFeatures:
+    """ids: int32 [B, L] (L <= max_length); mask: bool [B, L]."""
+    if ids.shape[1] > self.max_length:
+      raise ValueError(f"ids has length {ids.shape[1]} > the encoder's max_length "
+                       f"{self.max_length}")
+    x = nn.Embed(self.vocab_size, self.width, name="token_embed")(ids)
+    position = self.param("position_embed", nn.initializers.normal(0.02),
+                          (self.max_length, self.width))
+    x = (x + position[:ids.shape[1]]).astype(self.dtype)
+    x = TransformerStack(self.depth, self.num_heads, self.mlp_ratio, scan=self.scan,
+                         remat=self.remat, dtype=self.dtype, name="transformer")(x, mask)
+    tokens = Norm(jnp.float32, name="final_norm")(x)
+    weights = mask.astype(jnp.float32)[..., None]
+    sentence = (tokens * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+    return TextFeatures(tokens.astype(self.dtype), mask, sentence)

@@ -1,0 +1,199 @@
+"""The two players' objectives, each a pure function of its own parameter tree.
+
+    discriminator_loss(d_params, g_params, batch, key)
+      = adversarial(real, [generated, mismatched])        real pairs vs fakes
+        + gradient penalty (R1 or MA-GP) on real pairs
+        + contrastive_d * InfoNCE(real images, their captions)
+    generator_loss(g_params, d_params, batch, key)
+      = adversarial(generated)
+        + feature_matching * FM(D features of real, generated)    "perceptual loss"
+        + feature_net_weight * frozen-network distance (optional)
+        + contrastive_g * InfoNCE(generated images, their captions)  "encoder loss"
+        + kl * KL(conditioning augmentation || N(0, I))
+
+Each loss stops gradients into the other player's tree, so the gradient of
+the generator loss with respect to the discriminator parameters is exactly
+zero and vice versa: one tree's update can never move the other.
+
+A batch is a dict with ``image`` float [B, R, R, 3] in [-1, 1], ``ids`` int32
+[B, L], ``mask`` bool [B, L]; ``index`` int [B] (optional, default arange)
+holds the examples' global positions, which pick each example's noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dallex import losses, noise
+from dallex.perceptual import FeatureNet, perceptual_distance
+
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class GanObjective:
+  """Static description of the game: the two modules and the loss config."""
+  generator: nn.Module
+  discriminator: nn.Module
+  loss: Any                      # the config's `loss` ConfigDict
+  z_dim: int
+  ca_dim: int
+  text_source: str = "own"       # where D's text comes from: "own" | "generator"
+  feature_net: FeatureNet | None = None
+
+  def __post_init__(self):
+    if self.loss.adversarial not in losses.ADVERSARIAL:
+      raise ValueError(f"loss.adversarial must be one of {sorted(losses.ADVERSARIAL)}, "
+                       f"got {self.loss.adversarial!r}")
+    if self.loss.gradient_penalty not in ("r1", "magp", "none"):
+      raise ValueError("loss.gradient_penalty must be 'r1', 'magp' or 'none', got "
+                       f"{self.loss.gradient_penalty!r}")
+    if self.loss.feature_net_weight and self.feature_net is None:
+      raise ValueError("loss.feature_net_weight > 0 needs loss.feature_net_path")
+
+  # -- shared pieces -------------------------------------------------------
+
+  def _generate(self, g_params, batch, key):
+    b = batch["ids"].shape[0]
+    index = batch.get("index", jnp.arange(b))
+    z, eps = noise.latents(key, index, self.z_dim, self.ca_dim)
+    return self.generator.apply(g_params, batch["ids"], batch["mask"], z, eps)
+
+  def _d(self, d_params, method, *args):
+    return self.discriminator.apply(d_params, *args, method=method)
+
+  def _sentence(self, d_params, batch, g_sentence):
+    """D's view of the captions: its own encoder's, or the generator's (constant)."""
+    if self.text_source == "generator":
+      return jax.lax.stop_gradient(g_sentence)
+    return self._d(d_params, "encode_text", batch["ids"], batch["mask"])
+
+  def _logit_scale(self, judgement):
+    if self.loss.learn_temperature:
+      return judgement.logit_scale
+    return jax.lax.stop_gradient(judgement.logit_scale)
+
+  # -- the discriminator ---------------------------------------------------
+
+  def discriminator_loss(self, d_params, g_params, batch, key) -> tuple[jax.Array, Metrics]:
+    """Scalar loss for the discriminator tree, and metrics."""
+    g_out = jax.lax.stop_gradient(self._generate(jax.lax.stop_gradient(g_params), batch, key))
+    real = batch["image"]
+    sentence = self._sentence(d_params, batch, g_out.text.sentence)
+    b = real.shape[0]
+    # One pass over real and generated images together.
+    h, _ = self._d(d_params, "features", jnp.concatenate([real, g_out.images.astype(real.dtype)]))
+    h_real, h_fake = h[:b], h[b:]
+    j_real = self._d(d_params, "heads", h_real, sentence)
+    j_fake = self._d(d_params, "heads", h_fake, sentence)
+    fake_logits = j_fake.logit
+    if self.loss.mismatch:
+      # Real image, wrong caption (the next one in the batch): must score as fake.
+      j_mis = self._d(d_params, "heads", h_real, jnp.roll(sentence, 1, axis=0))
+      fake_logits = jnp.concatenate([fake_logits, j_mis.logit])
+    d_fn, _ = losses.ADVERSARIAL[self.loss.adversarial]
+    adversarial = d_fn(j_real.logit, fake_logits)
+    total = adversarial
+    metrics = {"d_adversarial": adversarial,
+               "d_real_logit": jnp.mean(j_real.logit), "d_fake_logit": jnp.mean(j_fake.logit)}
+
+    def logit_fn(x, e):
+      return self._d(d_params, "heads", self._d(d_params, "features", x)[0], e).logit
+
+    if self.loss.gradient_penalty == "r1":
+      r1 = losses.r1_penalty(lambda x: logit_fn(x, sentence), real)
+      total += 0.5 * self.loss.r1_gamma * r1
+      metrics["d_r1"] = r1
+    elif self.loss.gradient_penalty == "magp":
+      magp = losses.matching_aware_gp(logit_fn, real, sentence, self.loss.magp_power)
+      total += self.loss.magp_weight * magp
+      metrics["d_magp"] = magp
+    if self.loss.contrastive_d:
+      nce = losses.info_nce(j_real.img_emb, j_real.txt_emb, self._logit_scale(j_real))
+      total += self.loss.contrastive_d * nce
+      metrics["d_contrastive"] = nce
+    metrics["d_loss"] = total
+    return total, metrics
+
+  # -- the generator -------------------------------------------------------
+
+  def generator_loss(self, g_params, d_params, batch, key) -> tuple[jax.Array, Metrics]:
+    """Scalar loss for the generator tree, and metrics."""
+    d_params = jax.lax.stop_gradient(d_params)
+    g_out = self._generate(g_params, batch, key)
+    fake = g_out.images
+    sentence = self._sentence(d_params, batch, g_out.text.sentence)
+    h_fake, f_fake = self._d(d_params, "features", fake)
+    j_fake = self._d(d_params, "heads", h_fake, sentence)
+    _, g_fn = losses.ADVERSARIAL[self.loss.adversarial]
+    adversarial = g_fn(j_fake.logit)
+    total = adversarial
+    metrics = {"g_adversarial": adversarial}
+    if self.loss.feature_matching:
+      _, f_real = self._d(d_params, "features", batch["image"])
+      fm = losses.feature_matching(f_real, f_fake, self.loss.feature_matching_paired)
+      total += self.loss.feature_matching * fm
+      metrics["g_feature_matching"] = fm
+    if self.loss.feature_net_weight:
+      pd = perceptual_distance(self.feature_net, fake, batch["image"])
+      total += self.loss.feature_net_weight * pd
+      metrics["g_feature_net"] = pd
+    if self.loss.contrastive_g:
+      nce = losses.info_nce(j_fake.img_emb, j_fake.txt_emb, j_fake.logit_scale)
+      total += self.loss.contrastive_g * nce
+      metrics["g_contrastive"] = nce
+    if self.loss.kl:
+      kl = losses.kl_divergence(g_out.cond.mu, g_out.cond.logvar)
+      total += self.loss.kl * kl
+      metrics["g_kl"] = kl
+    metrics["g_loss"] = total
+    return total, metrics
+
+
+def build_objective(config) -> GanObjective:
+  """The objective a full config describes (models from ``config.model``,
+  losses from ``config.loss``)."""
+  from dallex.models import build_models  # pylint: disable=import-outside-toplevel
+  from dallex.perceptual import load_feature_net  # pylint: disable=import-outside-toplevel
+  generator, discriminator = build_models(config.model, config.data.resolution)
+  if config.model.arch == "seed":
+    if config.loss.contrastive_d or config.loss.contrastive_g:
+      raise ValueError("the seed architecture's discriminator has no embedding heads: set "
+                       "loss.contrastive_d=0 and loss.contrastive_g=0")
+    text_source = "own"  # its encode_text gives an empty sentence: it reads no text
+  else:
+    text_source = config.model.discriminator.text_source
+  path = config.loss.feature_net_path
+  return GanObjective(generator, discriminator, config.loss, config.model.z_dim,
+                      config.model.ca_dim, text_source,
+                      load_feature_net(path) if path else None)
+
+
+def init_params(objective: GanObjective, key: jax.Array, batch: dict) -> tuple[Any, Any]:
+  """Fresh (generator, discriminator) parameter trees for batches shaped like ``batch``.
+
+  Initialisation draws with the non-partitionable Threefry: the same quality of
+  randomness, and XLA compiles the hundreds of initialiser draws 2-3x faster
+  on CPU (13 s -> 5 s for the tiny test model). Parameters are replicated, so
+  nothing is lost by not partitioning the draws.
+  """
+  with jax.threefry_partitionable(False):
+    return _init_params(objective, key, batch)
+
+
+def _init_params(objective: GanObjective, key: jax.Array, batch: dict) -> tuple[Any, Any]:
+  kg, kd, kn = jax.random.split(key, 3)
+  b = batch["ids"].shape[0]
+  z, eps = noise.latents(kn, jnp.arange(b), objective.z_dim, objective.ca_dim)
+  g_params = objective.generator.init(kg, batch["ids"], batch["mask"], z, eps)
+  images = jnp.zeros(batch["image"].shape, jnp.float32)
+  sentence = None
+  if objective.text_source == "generator":
+    sentence = objective.generator.apply(g_params, batch["ids"], batch["mask"], z, eps).text.sentence
+  d_params = objective.discriminator.init(kd, images, batch["ids"], batch["mask"], sentence)
+  return g_params, d_params

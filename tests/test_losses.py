@@ -1,0 +1,136 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dallex import losses
+from dallex.perceptual import load_feature_net, perceptual_distance
+
+REAL = jnp.array([2.0, -1.0])
+FAKE = jnp.array([0.5, -3.0])
+
+
+def _softplus(x):
+  return math.log1p(math.exp(x))
+
+
+def test_adversarial_losses_match_hand_values():
+  # hinge: mean(max(0, 1 - [2, -1])) = (0 + 2) / 2; mean(max(0, 1 + [0.5, -3])) = (1.5 + 0) / 2
+  assert float(losses.d_hinge(REAL, FAKE)) == pytest.approx(1.0 + 0.75)
+  assert float(losses.g_hinge(FAKE)) == pytest.approx(1.25)
+  d_ns = (_softplus(-2) + _softplus(1)) / 2 + (_softplus(0.5) + _softplus(-3)) / 2
+  assert float(losses.d_nonsaturating(REAL, FAKE)) == pytest.approx(d_ns, rel=1e-6)
+  assert float(losses.g_nonsaturating(FAKE)) == pytest.approx(
+      (_softplus(-0.5) + _softplus(3)) / 2, rel=1e-6)
+  # The article's BCE: -log(sigmoid(real)) - log(1 - sigmoid(fake)).
+  sig = lambda x: 1 / (1 + math.exp(-x))
+  bce = np.mean([-math.log(sig(2)), -math.log(sig(-1))]) + np.mean(
+      [-math.log(1 - sig(0.5)), -math.log(1 - sig(-3))])
+  assert float(losses.d_nonsaturating(REAL, FAKE)) == pytest.approx(bce, rel=1e-6)
+
+
+def test_kl_is_zero_at_the_prior_and_matches_hand_value():
+  assert float(losses.kl_divergence(jnp.zeros((3, 4)), jnp.zeros((3, 4)))) == 0.0
+  mu, logvar = jnp.array([[1.0, 2.0]]), jnp.array([[0.0, math.log(2.0)]])
+  expected = 0.5 * ((1 + 1 - 1 - 0) + (4 + 2 - 1 - math.log(2.0)))
+  assert float(losses.kl_divergence(mu, logvar)) == pytest.approx(expected, rel=1e-6)
+
+
+def _toy_logits(w):
+  """A per-sample nonlinear 'discriminator': logit_b = sum tanh(x_b @ w)."""
+  return lambda x: jnp.sum(jnp.tanh(x.reshape(x.shape[0], -1) @ w), axis=-1)
+
+
+def test_r1_matches_finite_differences():
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(12, 5)))
+    x = jnp.asarray(rng.normal(size=(3, 2, 2, 3)))
+    fn = _toy_logits(w)
+    eps = 1e-6
+    grads = np.zeros((3, 12))
+    flat = np.asarray(x).reshape(3, 12)
+    for j in range(12):
+      step = np.zeros((3, 12))
+      step[:, j] = eps
+      up = fn(jnp.asarray((flat + step).reshape(x.shape)))
+      down = fn(jnp.asarray((flat - step).reshape(x.shape)))
+      grads[:, j] = (np.asarray(up) - np.asarray(down)) / (2 * eps)
+    expected = np.mean(np.sum(grads**2, axis=1))
+    assert float(losses.r1_penalty(fn, x)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_matching_aware_gp_on_a_linear_critic():
+  # D(x, e) = a.x + b.e: the gradient norm is sqrt(|a|^2 + |b|^2) for every sample.
+  a, b = jnp.arange(6.0).reshape(1, 2, 3) / 10, jnp.array([0.3, -0.4])
+  fn = lambda x, e: jnp.sum(x * a, axis=(1, 2)) + e @ b
+  x, e = jnp.ones((4, 2, 3)), jnp.ones((4, 2))
+  norm = math.sqrt(float(jnp.sum(a**2) + jnp.sum(b**2)))
+  assert float(losses.matching_aware_gp(fn, x, e, power=6.0)) == pytest.approx(norm**6, rel=1e-4)
+  assert float(losses.matching_aware_gp(fn, x, e, power=2.0)) == pytest.approx(norm**2, rel=1e-4)
+
+
+def test_info_nce_extremes_and_hand_value():
+  b = 8
+  aligned = jnp.eye(b)
+  assert float(losses.info_nce(aligned, aligned, 100.0)) < 1e-3
+  rng = np.random.default_rng(0)
+  unrelated_i = jnp.asarray(rng.normal(size=(b, 4096)))
+  unrelated_t = jnp.asarray(rng.normal(size=(b, 4096)))
+  assert float(losses.info_nce(unrelated_i, unrelated_t, 1.0)) == pytest.approx(math.log(b), abs=0.05)
+  shuffled = aligned[jnp.roll(jnp.arange(b), 1)]
+  assert float(losses.info_nce(aligned, shuffled, 100.0)) > 50  # confidently wrong
+  # 2 x 2 by hand: similarities [[1, 0], [0, 1]] at scale 1.
+  expected = -math.log(math.e / (math.e + 1))
+  assert float(losses.info_nce(jnp.eye(2), jnp.eye(2), 1.0)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_feature_matching_hand_values_and_stop_gradient():
+  real = [jnp.array([[1.0, 2.0], [3.0, 4.0]])]
+  fake = [jnp.array([[0.0, 0.0], [1.0, 1.0]])]
+  # unpaired: batch means [2, 3] vs [0.5, 0.5] -> mean |.| = (1.5 + 2.5) / 2
+  assert float(losses.feature_matching(real, fake)) == pytest.approx(2.0)
+  # paired: mean |[[1, 2], [2, 3]]| = 2
+  assert float(losses.feature_matching(real, fake, paired=True)) == pytest.approx(2.0)
+  g_real = jax.grad(lambda r: losses.feature_matching([r], fake))(real[0])
+  assert not np.any(np.asarray(g_real))
+  with pytest.raises(ValueError, match="1 real vs 2 fake"):
+    losses.feature_matching(real, fake * 2)
+
+
+def _feature_net_file(path, channels=(3, 4, 6)):
+  rng = np.random.default_rng(0)
+  arrays = {"pool_after": np.array([0])}
+  for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
+    arrays[f"conv{i}/kernel"] = rng.normal(0, 0.3, (3, 3, cin, cout)).astype(np.float32)
+    arrays[f"conv{i}/bias"] = rng.normal(0, 0.1, (cout,)).astype(np.float32)
+  np.savez(path, **arrays)
+  return str(path)
+
+
+def test_frozen_feature_net_loss(tmp_path):
+  net = load_feature_net(_feature_net_file(tmp_path / "net.npz"))
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  y = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  assert float(perceptual_distance(net, x, x)) == 0.0
+  assert float(perceptual_distance(net, x, y)) > 0.01
+  gx, gy = jax.grad(lambda a, b: perceptual_distance(net, a, b), argnums=(0, 1))(x, y)
+  assert np.any(np.asarray(gx)) and not np.any(np.asarray(gy))
+
+
+def test_feature_net_file_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    load_feature_net(str(tmp_path / "missing.npz"))
+  (tmp_path / "junk.npz").write_text("not a zip")
+  with pytest.raises(ValueError, match="not a readable .npz"):
+    load_feature_net(str(tmp_path / "junk.npz"))
+  np.savez(tmp_path / "bad.npz", **{"conv0/kernel": np.zeros((3, 3, 4, 8)),
+                                     "conv0/bias": np.zeros(8)})
+  with pytest.raises(ValueError, match=r"conv0/kernel has shape \(3, 3, 4, 8\), expected \(3, 3, 3"):
+    load_feature_net(str(tmp_path / "bad.npz"))
+  np.savez(tmp_path / "empty.npz", mean=np.zeros(3))
+  with pytest.raises(ValueError, match="no conv0/kernel"):
+    load_feature_net(str(tmp_path / "empty.npz"))
