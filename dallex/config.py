@@ -55,4 +55,32 @@ def default_config() -> ml_collections.ConfigDict:
       learn_temperature=True,
       kl=1.0,
   ))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      # Two-time-scale rates (DF-GAN): D learns faster than G.
+      g=dict(lr=1e-4, b1=0.0, b2=0.9, eps=1e-8, warmup_steps=0, clip_norm=0.0),
+      d=dict(lr=4e-4, b1=0.0, b2=0.9, eps=1e-8, warmup_steps=0, clip_norm=0.0),
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000,
+      batch_size=64,          # global, over all devices and hosts
+      d_steps=1,              # D updates per G update
+      ema=0.999,
+      parallel="jit",         # jit (sharded over a `data` mesh; multi-host) | pmap
+      checkpoint_every=500,
+      keep_checkpoints=3,
+      log_every=50,
+      sample_every=500,
+      max_nonfinite=20,       # stop after this many non-finite steps in a row
+  ))
+
+  c.sample = ml_collections.ConfigDict(dict(
+      prompts=["a small red circle on the left", "a large blue square at the top",
+               "a small yellow triangle in the center",
+               "a large green circle in the bottom right and a small white square in the top left"],
+      num_per_prompt=4,
+      seed=0,
+      truncation=1.0,
+  ))
   return c

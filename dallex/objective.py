@@ -58,6 +58,20 @@ class GanObjective:
 
   # -- shared pieces -------------------------------------------------------
 
+  @staticmethod
+  def _gather(x, axis_name):
+    """The global batch of ``x`` [b, ...] under pmap (every device's rows, in
+    device order); ``x`` itself otherwise. Gradients flow back to each owner."""
+    return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+
+  def _mismatched(self, sentence, axis_name):
+    """Each example's caption swapped for the next example's in the global batch."""
+    rolled = jnp.roll(self._gather(sentence, axis_name), 1, axis=0)
+    if axis_name is None:
+      return rolled
+    b = sentence.shape[0]
+    return jax.lax.dynamic_slice_in_dim(rolled, jax.lax.axis_index(axis_name) * b, b)
+
   def _generate(self, g_params, batch, key):
     b = batch["ids"].shape[0]
     index = batch.get("index", jnp.arange(b))
@@ -80,8 +94,14 @@ class GanObjective:
 
   # -- the discriminator ---------------------------------------------------
 
-  def discriminator_loss(self, d_params, g_params, batch, key) -> tuple[jax.Array, Metrics]:
-    """Scalar loss for the discriminator tree, and metrics."""
+  def discriminator_loss(self, d_params, g_params, batch, key,
+                         axis_name: str | None = None) -> tuple[jax.Array, Metrics]:
+    """Scalar loss for the discriminator tree, and metrics.
+
+    Under pmap pass ``axis_name``: the terms that couple examples (mismatched
+    captions, InfoNCE) then see the global batch, so the pmean of the
+    gradients equals the single-device gradient on the same global batch.
+    """
     g_out = jax.lax.stop_gradient(self._generate(jax.lax.stop_gradient(g_params), batch, key))
     real = batch["image"]
     sentence = self._sentence(d_params, batch, g_out.text.sentence)
@@ -94,7 +114,7 @@ class GanObjective:
     fake_logits = j_fake.logit
     if self.loss.mismatch:
       # Real image, wrong caption (the next one in the batch): must score as fake.
-      j_mis = self._d(d_params, "heads", h_real, jnp.roll(sentence, 1, axis=0))
+      j_mis = self._d(d_params, "heads", h_real, self._mismatched(sentence, axis_name))
       fake_logits = jnp.concatenate([fake_logits, j_mis.logit])
     d_fn, _ = losses.ADVERSARIAL[self.loss.adversarial]
     adversarial = d_fn(j_real.logit, fake_logits)
@@ -114,7 +134,8 @@ class GanObjective:
       total += self.loss.magp_weight * magp
       metrics["d_magp"] = magp
     if self.loss.contrastive_d:
-      nce = losses.info_nce(j_real.img_emb, j_real.txt_emb, self._logit_scale(j_real))
+      nce = losses.info_nce(self._gather(j_real.img_emb, axis_name),
+                            self._gather(j_real.txt_emb, axis_name), self._logit_scale(j_real))
       total += self.loss.contrastive_d * nce
       metrics["d_contrastive"] = nce
     metrics["d_loss"] = total
@@ -122,8 +143,9 @@ class GanObjective:
 
   # -- the generator -------------------------------------------------------
 
-  def generator_loss(self, g_params, d_params, batch, key) -> tuple[jax.Array, Metrics]:
-    """Scalar loss for the generator tree, and metrics."""
+  def generator_loss(self, g_params, d_params, batch, key,
+                     axis_name: str | None = None) -> tuple[jax.Array, Metrics]:
+    """Scalar loss for the generator tree, and metrics (``axis_name``: as for D)."""
     d_params = jax.lax.stop_gradient(d_params)
     g_out = self._generate(g_params, batch, key)
     fake = g_out.images
@@ -136,7 +158,12 @@ class GanObjective:
     metrics = {"g_adversarial": adversarial}
     if self.loss.feature_matching:
       _, f_real = self._d(d_params, "features", batch["image"])
-      fm = losses.feature_matching(f_real, f_fake, self.loss.feature_matching_paired)
+      paired = self.loss.feature_matching_paired
+      if not paired and axis_name is not None:
+        # Unpaired matching compares batch statistics: take them over the global batch.
+        f_real = [self._gather(f.mean(0, keepdims=True), axis_name) for f in f_real]
+        f_fake = [self._gather(f.mean(0, keepdims=True), axis_name) for f in f_fake]
+      fm = losses.feature_matching(f_real, f_fake, paired)
       total += self.loss.feature_matching * fm
       metrics["g_feature_matching"] = fm
     if self.loss.feature_net_weight:
@@ -144,7 +171,8 @@ class GanObjective:
       total += self.loss.feature_net_weight * pd
       metrics["g_feature_net"] = pd
     if self.loss.contrastive_g:
-      nce = losses.info_nce(j_fake.img_emb, j_fake.txt_emb, j_fake.logit_scale)
+      nce = losses.info_nce(self._gather(j_fake.img_emb, axis_name),
+                            self._gather(j_fake.txt_emb, axis_name), j_fake.logit_scale)
       total += self.loss.contrastive_g * nce
       metrics["g_contrastive"] = nce
     if self.loss.kl:

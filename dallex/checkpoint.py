@@ -1,0 +1,84 @@
+"""Orbax checkpoints of a run: the train state, the input iterator's state and the config.
+
+Saves are asynchronous and atomic: Orbax writes into a temporary directory
+and renames it when complete, so a process killed mid-save leaves nothing
+that is taken for a checkpoint. A finished checkpoint that was damaged later
+(files removed or truncated) fails to restore and is skipped, with a warning,
+in favour of the newest one that restores.
+
+    ckpt = Checkpointer(f"{workdir}/checkpoints", keep=3)
+    ckpt.save(step, state, data_state, config_dict)
+    restored = ckpt.restore_latest(abstract_state)   # None on a fresh run
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Restored(NamedTuple):
+  """step: the checkpoint's step; state: the train state; data: the input
+  iterator's state; config: the config the run was started with (a dict)."""
+  step: int
+  state: Any
+  data: Any
+  config: dict
+
+
+class Checkpointer:
+  """Thin wrapper over ``ocp.CheckpointManager`` with the items of a dallex run."""
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                           enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "data", "config"))
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data: Any, config: dict) -> None:
+    """Starts saving (returns before the write ends; ``wait()`` to block)."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data),
+        config=ocp.args.JsonSave(config)), force=True)
+
+  def wait(self) -> None:
+    """Blocks until every started save is on disk."""
+    self._manager.wait_until_finished()
+
+  def restore(self, step: int, abstract_state: Any) -> Restored:
+    """Restores one step onto the structure (and shardings) of ``abstract_state``."""
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+        config=ocp.args.JsonRestore()))
+    return Restored(step, out["state"], out["data"], out["config"])
+
+  def restore_latest(self, abstract_state: Any) -> Restored | None:
+    """The newest checkpoint that restores, or None if there is none.
+
+    A damaged checkpoint is skipped with a warning naming it.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        return self.restore(step, abstract_state)
+      except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
+        warnings.warn(f"checkpoint {self.directory}/{step} could not be restored "
+                      f"({type(e).__name__}: {str(e)[:200]}); trying an older one")
+    return None
+
+  def close(self) -> None:
+    self.wait()
+    self._manager.close()
+
+
+def abstract(tree: Any) -> Any:
+  """Shape/dtype/sharding placeholders of a pytree of arrays, for restoring."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

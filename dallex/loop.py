@@ -1,0 +1,224 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``.
+
+It resumes from the newest good checkpoint in ``workdir`` (state and data
+position), runs the compiled step, logs metrics (``metrics.jsonl`` and
+TensorBoard events), draws a sample grid for fixed prompts and seeds every
+``train.sample_every`` steps, checkpoints every ``train.checkpoint_every``
+steps, at the end and on SIGTERM/SIGINT, and stops with ``NonFiniteError``
+after ``train.max_nonfinite`` non-finite steps in a row. With several JAX
+processes, each reads its own shard of the data, process 0 alone writes logs
+and images, and all take part in checkpoints.
+
+    workdir/config.json            the resolved config
+    workdir/checkpoints/<step>/    Orbax checkpoints (state, data, config)
+    workdir/metrics.jsonl          one JSON object per logged step
+    workdir/events/                TensorBoard event files
+    workdir/samples/step_<N>.png   sample grids (EMA generator)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from dallex import checkpoint, train, visualize
+from dallex.data import pipeline, sources
+from dallex.objective import GanObjective, build_objective
+from dallex.sampling import sample
+from dallex.text import ByteTokenizer
+
+
+class NonFiniteError(RuntimeError):
+  """Training produced non-finite losses or gradients too many steps in a row."""
+
+
+class _StopSignal:
+  """Remembers a SIGTERM/SIGINT so the loop can save and leave cleanly."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class _Writer:
+  """metrics.jsonl and TensorBoard events, written by process 0 only."""
+
+  def __init__(self, workdir: str, active: bool):
+    self.active = active
+    if active:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._tb = SummaryWriter(os.path.join(workdir, "events"))
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.active:
+      return
+    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+    self._jsonl.flush()
+    for name, value in metrics.items():
+      self._tb.add_scalar(name, value, step)
+
+  def close(self) -> None:
+    if self.active:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """This process's rows -> one global array per field, sharded over ``data``."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def sample_grid(objective: GanObjective, params: Any, config: ml_collections.ConfigDict) -> np.ndarray:
+  """uint8 grid: one row per prompt of ``config.sample``, ``num_per_prompt`` seeds each."""
+  s = config.sample
+  prompts = [p for p in s.prompts for _ in range(s.num_per_prompt)]
+  ids, mask = ByteTokenizer(config.model.text.max_length).encode(prompts)
+  images = sample(objective.generator, params, ids, mask, jax.random.key(s.seed),
+                  z_dim=objective.z_dim, ca_dim=objective.ca_dim, truncation=s.truncation)
+  return visualize.make_grid(np.asarray(images), s.num_per_prompt)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the run in ``workdir``; returns a summary dict."""
+  t = config.train
+  lead = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if lead:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  num_devices = jax.device_count()
+  train.check_batch_size(t.batch_size, num_devices)
+  objective = build_objective(config)
+  g_tx, d_tx = train.make_optimizer(config.optim.g), train.make_optimizer(config.optim.d)
+
+  source = sources.open_source(config.data, config.data.train_split)
+  dataset = pipeline.make_dataset(
+      source, batch_size=t.batch_size // jax.process_count(), resolution=config.data.resolution,
+      max_length=config.model.text.max_length, seed=config.seed,
+      num_threads=config.data.num_threads, prefetch=config.data.prefetch)
+  data_iter = iter(dataset)
+
+  mesh = train.data_mesh()
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  res, length = config.data.resolution, config.model.text.max_length
+  example = {"image": np.zeros((1, res, res, 3), np.float32),
+             "ids": np.zeros((1, length), np.int32), "mask": np.ones((1, length), bool)}
+  state = jax.jit(lambda k: train.create_train_state(objective, g_tx, d_tx, k, example),
+                  out_shardings=replicated)(jax.random.key(config.seed))
+
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
+  restored = ckpt.restore_latest(checkpoint.abstract(state))
+  if restored is not None:
+    state = restored.state
+    data_iter.set_state(restored.data)
+    logging.info("resumed from %s/%d", ckpt.directory, restored.step)
+  start = int(state.step)
+
+  step_fn = functools.partial(train.train_step, objective=objective, g_tx=g_tx, d_tx=d_tx,
+                              seed=config.seed, d_steps=t.d_steps, ema=t.ema)
+  if t.parallel == "pmap":
+    compiled = train.pmap_step(step_fn)
+    local = jax.local_device_count()
+    state = train.replicate_for_pmap(jax.device_get(state), local)
+    unreplicate = lambda s: jax.tree.map(lambda x: x[0], s)
+    run_step = lambda s, b: compiled(s, train.shard_for_pmap(b, local))
+  elif t.parallel == "jit":
+    compiled = train.jit_sharded_step(step_fn, mesh)
+    unreplicate = lambda s: s
+    run_step = lambda s, b: compiled(s, _global_batch(b, batch_sharding))
+  else:
+    raise ValueError(f"train.parallel must be 'jit' or 'pmap', got {t.parallel!r}")
+
+  writer = _Writer(workdir, lead)
+  samples_dir = os.path.join(workdir, "samples")
+  config_dict = json.loads(config.to_json_best_effort())
+
+  def save(step):
+    ckpt.save(step, unreplicate(state), data_iter.get_state(), config_dict)
+
+  def draw(step):
+    if lead:
+      grid = sample_grid(objective, unreplicate(state).ema_params, config)
+      return visualize.save_png(grid, os.path.join(samples_dir, f"step_{step:07d}.png"),
+                                scale=max(1, 64 // config.data.resolution))
+    return None
+
+  progress = None
+  if lead:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    progress = tqdm(total=t.steps, initial=start, desc="train", dynamic_ncols=True)
+  last_sample, stopped_by, step = None, None, start
+  started = window_start = time.time()
+  window_step = start
+  try:
+    with _StopSignal() as stop:
+      for step in range(start + 1, t.steps + 1):
+        state, metrics = run_step(state, next(data_iter))
+        streak = int(np.asarray(state.nonfinite).reshape(-1)[0])
+        if streak >= t.max_nonfinite:
+          raise NonFiniteError(
+              f"{streak} non-finite steps in a row (up to step {step}); parameters were "
+              f"left unchanged by each, and the last good checkpoint is step "
+              f"{max(ckpt.all_steps(), default=0)} in {ckpt.directory}. Lower the learning "
+              "rates, add gradient clipping (optim.*.clip_norm) or check the data.")
+        if step % t.log_every == 0 or step == t.steps:
+          values = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in metrics.items()}
+          values["nonfinite_total"] = float(np.asarray(state.nonfinite_total).reshape(-1)[0])
+          # Over the window since the last log (the first window includes compiling).
+          values["steps_per_s"] = (step - window_step) / max(time.time() - window_start, 1e-9)
+          window_start, window_step = time.time(), step
+          writer.write(step, values)
+          if progress is not None:
+            progress.set_postfix(d=f"{values['d_loss']:.3f}", g=f"{values['g_loss']:.3f}")
+        if progress is not None:
+          progress.update(1)
+        if t.sample_every and step % t.sample_every == 0:
+          last_sample = draw(step)
+        if t.checkpoint_every and step % t.checkpoint_every == 0:
+          save(step)
+        if stop.received is not None:
+          stopped_by = signal.Signals(stop.received).name
+          break
+    if not ckpt.all_steps() or max(ckpt.all_steps()) != step:
+      save(step)
+    if step == t.steps and (last_sample is None or not last_sample.endswith(f"{step:07d}.png")):
+      last_sample = draw(step)
+  finally:
+    ckpt.close()
+    writer.close()
+    if progress is not None:
+      progress.close()
+  summary = dict(step=step, stopped_by=stopped_by, workdir=os.path.abspath(workdir),
+                 checkpoint=os.path.join(ckpt.directory, str(step)),
+                 metrics=os.path.join(os.path.abspath(workdir), "metrics.jsonl"),
+                 samples=last_sample, seconds=round(time.time() - started, 1))
+  if lead:
+    print(f"dallex: step {step}/{t.steps}" + (f" (stopped by {stopped_by})" if stopped_by else "")
+          + f"; checkpoint {summary['checkpoint']}; metrics {summary['metrics']}; "
+          f"events {os.path.join(summary['workdir'], 'events')}; samples {last_sample}", flush=True)
+  return summary

@@ -1,0 +1,32 @@
+"""Trains a dallex model; resumes automatically when the workdir has checkpoints.
+
+    python -m experiments.train --config experiments/configs/shapes32.py --workdir runs/shapes32 \\
+        [--config.train.steps=N ...]
+
+With several hosts, set --distributed (or the environment JAX's cluster
+detection reads, e.g. on TPU VMs) so jax.distributed.initialize() runs first.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, events and samples go.",
+                    required=True)
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO.
+  import jax  # pylint: disable=import-outside-toplevel
+  if FLAGS.distributed:
+    jax.distributed.initialize()
+  from dallex.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

@@ -1,0 +1,75 @@
+"""Runs 2 train steps three ways on 8 CPU devices and prints the max differences.
+
+Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 (the test does).
+"""
+import functools
+import json
+import sys
+import time
+import warnings
+
+warnings.filterwarnings("ignore")
+import jax
+import numpy as np
+import ml_collections
+
+sys.path.insert(0, "tests")
+from conftest import tiny_batch, tiny_config  # noqa: E402
+from dallex import train  # noqa: E402
+from dallex.objective import build_objective  # noqa: E402
+
+assert jax.device_count() == 8, jax.devices()
+config = tiny_config(resolution=int(sys.argv[1]) if len(sys.argv) > 1 else 8)
+objective = build_objective(config)
+# eps=1: Adam's m / (sqrt(v) + eps) turns float32 rounding in near-zero
+# gradients into full-size steps; a large eps compares the parallel arithmetic,
+# not that amplification.
+opt = ml_collections.ConfigDict(dict(lr=1e-2, b1=0.0, b2=0.99, eps=1.0, warmup_steps=0,
+                                     clip_norm=0.0))
+g_tx = d_tx = train.make_optimizer(opt)
+batches = [tiny_batch(config, 8, seed=s) for s in range(2)]
+step_fn = functools.partial(train.train_step, objective=objective, g_tx=g_tx, d_tx=d_tx, seed=0,
+                            d_steps=1, ema=0.999)
+state0 = jax.jit(lambda k: train.create_train_state(objective, g_tx, d_tx, k, batches[0]))(
+    jax.random.key(0))
+timings = {}
+
+
+def run(kind):
+  t = time.time()
+  state = jax.tree.map(np.asarray, state0)
+  losses = []
+  if kind == "single":
+    fn = jax.jit(step_fn, donate_argnums=0)
+    for b in batches:
+      state, m = fn(state, b)
+      losses.append({k: float(v) for k, v in m.items()})
+  elif kind == "sharded":
+    fn = train.jit_sharded_step(step_fn, train.data_mesh())
+    for b in batches:
+      state, m = fn(state, b)
+      losses.append({k: float(v) for k, v in m.items()})
+  else:
+    fn = train.pmap_step(step_fn)
+    state = train.replicate_for_pmap(state, 8)
+    for b in batches:
+      state, m = fn(state, train.shard_for_pmap(b, 8))
+      losses.append({k: float(v[0]) for k, v in m.items()})
+    state = jax.tree.map(lambda x: x[0], state)
+  timings[kind] = time.time() - t
+  return jax.tree.map(np.asarray, state), losses
+
+
+ref_state, ref_losses = run("single")
+out = {}
+for kind in ("sharded", "pmap"):
+  state, losses = run(kind)
+  param_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree.leaves((ref_state.g_params, ref_state.d_params, ref_state.ema_params)),
+      jax.tree.leaves((state.g_params, state.d_params, state.ema_params))))
+  loss_diff = max(abs(r[k] - l[k]) for r, l in zip(ref_losses, losses) for k in r)
+  out[kind + "_losses"] = [[abs(r[k] - l[k]) for k in sorted(r)] for r, l in zip(ref_losses, losses)]
+  out[kind] = {"param_diff": param_diff, "loss_diff": loss_diff}
+out["steps"] = int(ref_state.step)
+out["timings"] = timings
+print(json.dumps(out))

@@ -1,0 +1,77 @@
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import tiny_batch, tiny_config
+from dallex import train
+from dallex.objective import build_objective
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_single_jit_sharded_and_pmap_steps_agree_on_8_devices():
+  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+             + " --xla_force_host_platform_device_count=8")
+  out = subprocess.run([sys.executable, "tests/helpers/parallel_equivalence.py", "8"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["steps"] == 2
+  for kind in ("sharded", "pmap"):
+    assert result[kind]["param_diff"] < 1e-5, result
+    assert result[kind]["loss_diff"] < 1e-5 * 100, result  # losses are O(1-10): relative 1e-5
+
+
+def _tiny_state(resolution=8):
+  config = tiny_config(resolution=resolution)
+  objective = build_objective(config)
+  opt = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.0, b2=0.99, eps=1e-8, warmup_steps=2,
+                                       clip_norm=1.0))
+  tx = train.make_optimizer(opt)
+  batch = tiny_batch(config, 4)
+  state = jax.jit(lambda k: train.create_train_state(objective, tx, tx, k, batch))(
+      jax.random.key(0))
+  step = jax.jit(functools.partial(train.train_step, objective=objective, g_tx=tx, d_tx=tx,
+                                   seed=0, d_steps=2))
+  return state, step, batch
+
+
+def test_non_finite_step_changes_nothing_and_is_counted():
+  state, step, batch = _tiny_state()
+  bad = dict(batch, image=np.where(np.arange(batch["image"].size).reshape(batch["image"].shape)
+                                   == 5, np.nan, batch["image"]).astype(np.float32))
+  before = jax.tree.map(np.asarray, state)
+  s1, m1 = step(state, bad)
+  assert float(m1["finite"]) == 0.0
+  assert int(s1.step) == 1 and int(s1.nonfinite) == 1 and int(s1.nonfinite_total) == 1
+  for a, b in zip(jax.tree.leaves((before.g_params, before.d_params, before.g_opt_state,
+                                   before.d_opt_state, before.ema_params)),
+                  jax.tree.leaves((s1.g_params, s1.d_params, s1.g_opt_state, s1.d_opt_state,
+                                   s1.ema_params))):
+    np.testing.assert_array_equal(a, b)
+  s2, _ = step(s1, bad)
+  assert int(s2.nonfinite) == 2
+  s3, m3 = step(s2, batch)  # a good step resets the run, not the total
+  assert float(m3["finite"]) == 1.0 and int(s3.nonfinite) == 0 and int(s3.nonfinite_total) == 2
+  changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before.g_params),
+                                                      jax.tree.leaves(s3.g_params))]
+  assert all(changed)
+
+
+def test_batch_must_divide_over_devices():
+  with pytest.raises(ValueError, match="batch_size=10 is not divisible by the 8 devices"):
+    train.check_batch_size(10, 8)
+  train.check_batch_size(16, 8)
+
+
+def test_ema_decay_warms_up():
+  decays = [float(train.ema_decay(np.int32(t), 0.999)) for t in (0, 10, 100, 100000)]
+  assert decays[0] == pytest.approx(0.1) and decays[0] < decays[1] < decays[2] < 0.999
+  assert decays[3] == pytest.approx(0.999)
