@@ -15,8 +15,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# Train the default model on the built-in shapes (resumes if runs/shapes32 has
+# checkpoints), then draw a grid: one row per prompt, four seeds each.
 demo: $(STAMP)
-	$(BIN)/python -m experiments.show_data --dataset dallex_shapes --resolution 32 --out runs/shapes32/data.png
+	$(BIN)/python -m experiments.train --config experiments/configs/shapes32.py --workdir runs/shapes32
+	$(BIN)/python -m experiments.sample --workdir runs/shapes32 --num_per_prompt 4 \
+	  --prompt "a small red circle on the left" --prompt "a large blue square at the top" \
+	  --prompt "a small yellow triangle in the center" \
+	  --prompt "a large green circle in the bottom right and a small white square in the top left" \
+	  --out runs/shapes32/demo.png
 
 # pytest exits 5 when it collects no test; that is a failure of the suite, not a pass.
 test: $(STAMP)

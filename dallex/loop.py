@@ -179,13 +179,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with _StopSignal() as stop:
       for step in range(start + 1, t.steps + 1):
         state, metrics = run_step(state, next(data_iter))
-        streak = int(np.asarray(state.nonfinite).reshape(-1)[0])
-        if streak >= t.max_nonfinite:
-          raise NonFiniteError(
-              f"{streak} non-finite steps in a row (up to step {step}); parameters were "
-              f"left unchanged by each, and the last good checkpoint is step "
-              f"{max(ckpt.all_steps(), default=0)} in {ckpt.directory}. Lower the learning "
-              "rates, add gradient clipping (optim.*.clip_norm) or check the data.")
         if step % t.log_every == 0 or step == t.steps:
           values = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in metrics.items()}
           values["nonfinite_total"] = float(np.asarray(state.nonfinite_total).reshape(-1)[0])
@@ -195,6 +188,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.write(step, values)
           if progress is not None:
             progress.set_postfix(d=f"{values['d_loss']:.3f}", g=f"{values['g_loss']:.3f}")
+        streak = int(np.asarray(state.nonfinite).reshape(-1)[0])
+        if streak >= t.max_nonfinite:
+          raise NonFiniteError(
+              f"{streak} non-finite steps in a row (up to step {step}); parameters were "
+              f"left unchanged by each, and the last good checkpoint is step "
+              f"{max(ckpt.all_steps(), default=0)} in {ckpt.directory}. Lower the learning "
+              "rates, add gradient clipping (optim.*.clip_norm) or check the data.")
         if progress is not None:
           progress.update(1)
         if t.sample_every and step % t.sample_every == 0:

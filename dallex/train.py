@@ -79,7 +79,7 @@ def create_train_state(objective: GanObjective, g_tx, d_tx, key: jax.Array,
 def _all_finite(grads, metrics) -> jax.Array:
   """Whether every gradient and metric is finite. One global norm rather than a
   check per leaf (same answer: a NaN or inf anywhere makes the norm non-finite)."""
-  return jnp.isfinite(optax.global_norm(grads)) & jnp.all(
+  return jnp.isfinite(optax.tree.norm(grads)) & jnp.all(
       jnp.isfinite(jnp.stack(jax.tree.leaves(metrics))))
 
 

@@ -75,3 +75,25 @@ def test_ema_decay_warms_up():
   decays = [float(train.ema_decay(np.int32(t), 0.999)) for t in (0, 10, 100, 100000)]
   assert decays[0] == pytest.approx(0.1) and decays[0] < decays[1] < decays[2] < 0.999
   assert decays[3] == pytest.approx(0.999)
+
+
+def test_two_processes_train_like_one(tmp_path):
+  """jax.distributed on localhost: two processes, each with half of the global batch."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  helper = "tests/helpers/multihost_train.py"
+  procs = [subprocess.Popen([sys.executable, helper, str(i), str(tmp_path / f"p{i}.npy"),
+                             str(port)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+    assert "devices 2 processes 2 step 3" in out
+  single = subprocess.run([sys.executable, helper, "single", str(tmp_path / "single.npy")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+  p0, p1, one = (np.load(tmp_path / f"{n}.npy") for n in ("p0", "p1", "single"))
+  np.testing.assert_array_equal(p0, p1)
+  np.testing.assert_allclose(p0, one, atol=1e-5)

@@ -1,0 +1,21 @@
+"""A tiny end-to-end training config for the tests (32 px shapes, 4 steps).
+
+    python -m experiments.train --config tests/helpers/tiny_train_config.py --workdir W \\
+        --config.data.data_dir=DIR
+"""
+import sys
+import os
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import tiny_config  # noqa: E402
+
+
+def get_config():
+  c = tiny_config(resolution=32)
+  c.data.num_threads = 1
+  c.train.update(steps=4, batch_size=8, checkpoint_every=2, log_every=1, sample_every=2,
+                 max_nonfinite=3)
+  c.optim.g.lr = c.optim.d.lr = 1e-3
+  c.sample.update(prompts=["a small red circle on the left", "a large blue square at the top"],
+                  num_per_prompt=2)
+  return c
