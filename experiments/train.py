@@ -3,9 +3,13 @@
     python -m experiments.train --config experiments/configs/shapes32.py --workdir runs/shapes32 \\
         [--config.train.steps=N ...]
 
-With several hosts, set --distributed (or the environment JAX's cluster
-detection reads, e.g. on TPU VMs) so jax.distributed.initialize() runs first.
+With several hosts, pass --distributed (or set DALLEX_DISTRIBUTED=1, or
+JAX_COORDINATOR_ADDRESS) so jax.distributed.initialize() runs first; it finds
+the cluster itself on TPU VMs and SLURM, or from the JAX_* variables.
 """
+
+import os
+
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -21,7 +25,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO.
   import jax  # pylint: disable=import-outside-toplevel
-  if FLAGS.distributed:
+  if (FLAGS.distributed or os.environ.get("DALLEX_DISTRIBUTED") == "1"
+      or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     jax.distributed.initialize()
   from dallex.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
   train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -84,16 +84,16 @@ def test_two_processes_train_like_one(tmp_path):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   helper = "tests/helpers/multihost_train.py"
-  procs = [subprocess.Popen([sys.executable, helper, str(i), str(tmp_path / f"p{i}.npy"),
-                             str(port)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  # The single-process reference runs alongside: compiling is mostly single-threaded.
+  runs = [[str(i), str(tmp_path / f"p{i}.npy"), str(port)] for i in range(2)]
+  runs.append(["single", str(tmp_path / "single.npy")])
+  procs = [subprocess.Popen([sys.executable, helper, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for args in runs]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-    assert "devices 2 processes 2 step 3" in out
-  single = subprocess.run([sys.executable, helper, "single", str(tmp_path / "single.npy")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert single.returncode == 0, single.stderr[-3000:]
+  assert all("devices 2 processes 2 step 3" in out for out, _ in outs[:2])
+  assert "devices 1 processes 1 step 3" in outs[2][0]
   p0, p1, one = (np.load(tmp_path / f"{n}.npy") for n in ("p0", "p1", "single"))
   np.testing.assert_array_equal(p0, p1)
   np.testing.assert_allclose(p0, one, atol=1e-5)

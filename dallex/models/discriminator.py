@@ -10,9 +10,11 @@ The text it reads: by default it owns a small TextEncoder of its own, trained
 on real pairs through the matching and contrastive heads (like CLIP). Reading
 the generator's text features under ``stop_gradient`` instead
 (``text_source="generator"``) ties what D matches against to a moving target
-that G itself shapes, and saves the cost of one small encoder; both are a
-config switch (``model.discriminator.text_source``) so the choice can be
-measured on the quality benchmark.
+that G itself shapes. The saving would be small: D's own encoder (width 32,
+depth 1) costs 8 ms of a 0.8 s shapes32 step at batch 32 on 2 CPU cores
+(measured with jitted forward passes). So the default is the independent
+encoder; both are a config switch (``model.discriminator.text_source``), and
+their effect on caption alignment belongs to the quality benchmark.
 """
 
 from __future__ import annotations
