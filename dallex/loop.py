@@ -28,7 +28,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
 from dallex import checkpoint, train, visualize
 from dallex.data import pipeline, sources
@@ -110,8 +109,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  num_devices = jax.device_count()
-  train.check_batch_size(t.batch_size, num_devices)
+  if t.parallel not in ("jit", "pmap"):
+    raise ValueError(f"train.parallel must be 'jit' or 'pmap', got {t.parallel!r}")
+  train.check_batch_size(t.batch_size, jax.device_count())
   objective = build_objective(config)
   g_tx, d_tx = train.make_optimizer(config.optim.g), train.make_optimizer(config.optim.d)
 
@@ -136,7 +136,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if restored is not None:
     state = restored.state
     data_iter.set_state(restored.data)
-    logging.info("resumed from %s/%d", ckpt.directory, restored.step)
+    if lead:
+      print(f"dallex: resuming from {ckpt.directory}/{restored.step}", flush=True)
   start = int(state.step)
 
   step_fn = functools.partial(train.train_step, objective=objective, g_tx=g_tx, d_tx=d_tx,
@@ -147,12 +148,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = train.replicate_for_pmap(jax.device_get(state), local)
     unreplicate = lambda s: jax.tree.map(lambda x: x[0], s)
     run_step = lambda s, b: compiled(s, train.shard_for_pmap(b, local))
-  elif t.parallel == "jit":
+  else:
     compiled = train.jit_sharded_step(step_fn, mesh)
     unreplicate = lambda s: s
     run_step = lambda s, b: compiled(s, _global_batch(b, batch_sharding))
-  else:
-    raise ValueError(f"train.parallel must be 'jit' or 'pmap', got {t.parallel!r}")
 
   writer = _Writer(workdir, lead)
   samples_dir = os.path.join(workdir, "samples")

@@ -5,7 +5,7 @@ grid with cross-attention to the text -> convolutional upsampling -> image.
     sentence, eps --ConditioningAugmentation--> c [B,C]  (+ KL)
     z [B,Z], c --mapping MLP--> w [B,W]
     learned grid [G*G, D] + w --Transformer (self-attn, cross-attn to tokens, AdaLN(w))-->
-    [B,G,G,D] --upsampling conv blocks (AdaIN(w)), one per doubling--> [B,R,R,3] in [-1,1]
+    [B,G,G,D] --upsampling conv blocks (AdaIN(w)), one per doubling--> clip --> [B,R,R,3] in [-1,1]
 """
 
 from __future__ import annotations
@@ -35,6 +35,17 @@ def num_doublings(resolution: int, start: int) -> int:
   if n < 0 or start * 2**n != resolution:
     raise ValueError(f"resolution {resolution} must be {start} times a power of two")
   return n
+
+
+def straight_through_clip(x: jax.Array) -> jax.Array:
+  """clip(x, -1, 1) forward, identity backward.
+
+  A tanh output saturates: on the shapes data (mostly black) the generator was
+  driven to tanh(-large) = -1 everywhere within 150 steps, where its gradient
+  is ~0 and it never recovered. Clipping keeps outputs in [-1, 1] while the
+  gradient always reaches the generator.
+  """
+  return x + jax.lax.stop_gradient(jnp.clip(x, -1.0, 1.0) - x)
 
 
 class AdaIN(nn.Module):
@@ -130,5 +141,5 @@ class Generator(nn.Module):
     x = x.reshape(batch, self.grid, self.grid, self.width)
     for i, channels in enumerate(self.stage_channels()):
       x = UpBlock(channels, self.dtype, name=f"up_{i}")(x, w)
-    images = jnp.tanh(nn.Conv(3, (1, 1), dtype=jnp.float32, name="to_rgb")(x).astype(jnp.float32))
-    return GeneratorOutput(images, text, cond)
+    rgb = nn.Conv(3, (1, 1), dtype=jnp.float32, name="to_rgb")(x).astype(jnp.float32)
+    return GeneratorOutput(straight_through_clip(rgb), text, cond)
