@@ -1,0 +1,20 @@
+"""dallex: text-to-image research in JAX/Flax.
+
+    import dallex
+    sampler = dallex.load("runs/shapes32")          # a trained run's EMA generator
+    images = sampler.generate(["a small red circle on the left"], seed=0)
+    dallex.sample(generator, params, ids, mask, key, z_dim=..., ca_dim=...)   # jitted, pure
+
+``sample`` and ``load`` are imported on first use, so ``import dallex.text``
+stays light.
+"""
+
+_LAZY = {"sample": ("dallex.sampling", "sample"), "load": ("dallex.sampler", "load")}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    import importlib  # pylint: disable=import-outside-toplevel
+    module, attr = _LAZY[name]
+    return getattr(importlib.import_module(module), attr)
+  raise AttributeError(f"module 'dallex' has no attribute {name!r}")
