@@ -11,6 +11,11 @@ import jax
 import jax.numpy as jnp
 
 
+def l2_normalize(v: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """v / (||v|| + eps) along the last axis."""
+  return v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + eps)
+
+
 def d_nonsaturating(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
   """The article's BCE for D: -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z)))),
   i.e. mean softplus(-real) + mean softplus(fake)."""
@@ -105,8 +110,7 @@ def info_nce(img_emb: jax.Array, txt_emb: jax.Array, logit_scale: jax.Array | fl
   loss = (CE(s * I T^T, diag) + CE(s * T I^T, diag)) / 2 with I, T the
   L2-normalised embeddings [B, E] and s the inverse temperature.
   """
-  normalize = lambda v: v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-6)
-  logits = logit_scale * normalize(img_emb.astype(jnp.float32)) @ normalize(
+  logits = logit_scale * l2_normalize(img_emb.astype(jnp.float32)) @ l2_normalize(
       txt_emb.astype(jnp.float32)).T
   labels = jnp.arange(logits.shape[0])
   image_to_text = -jnp.mean(jax.nn.log_softmax(logits, axis=1)[labels, labels])

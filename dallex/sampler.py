@@ -26,11 +26,11 @@ from dallex.text import ByteTokenizer
 class Sampler:
   """A generator with its EMA parameters and tokenizer."""
 
-  def __init__(self, config: ml_collections.ConfigDict, params, step: int):
+  def __init__(self, config: ml_collections.ConfigDict, generator, params, step: int):
     self.config = config
+    self.generator = generator
     self.params = params
     self.step = step
-    self.generator, _ = build_models(config.model, config.data.resolution)
     self.tokenizer = ByteTokenizer(config.model.text.max_length)
 
   def generate(self, prompts: list[str], seed: int = 0, num_per_prompt: int = 1,
@@ -92,7 +92,7 @@ def load(workdir: str) -> Sampler:
               item={"ema_params": target}, partial_restore=True,
               restore_args=ocp.checkpoint_utils.construct_restore_args(
                   {"ema_params": target}))))
-      return Sampler(config, restored["state"]["ema_params"], step)
+      return Sampler(config, generator, restored["state"]["ema_params"], step)
     except Exception as e:  # Damaged or incompatible: try an older one, then report all.
       errors.append(f"{directory}/{step}: {type(e).__name__}: {str(e)[:300]}")
   raise ValueError("no checkpoint could be restored for this config:\n" + "\n".join(errors))

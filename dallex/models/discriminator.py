@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dallex.losses import l2_normalize
 from dallex.models.generator import num_doublings
 from dallex.models.layers import Dtype
 from dallex.models.text_encoder import TextEncoder
@@ -92,9 +93,8 @@ class _Heads(nn.Module):
     logit_uncond = nn.Dense(1, name="uncond")(h)[:, 0]
     projection = nn.Dense(self.hidden, name="text_projection")(sentence)
     logit = logit_uncond + jnp.sum(h * projection, axis=-1) / jnp.sqrt(float(self.hidden))
-    normalize = lambda v: v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-6)
-    img_emb = normalize(nn.Dense(self.embed_dim, name="image_embed")(h))
-    txt_emb = normalize(nn.Dense(self.embed_dim, name="text_embed")(sentence))
+    img_emb = l2_normalize(nn.Dense(self.embed_dim, name="image_embed")(h))
+    txt_emb = l2_normalize(nn.Dense(self.embed_dim, name="text_embed")(sentence))
     log_scale = self.param("log_logit_scale", nn.initializers.constant(
         jnp.log(self.init_logit_scale)), ())
     return Judgement(logit, logit_uncond, img_emb, txt_emb, jnp.exp(log_scale))
