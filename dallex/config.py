@@ -83,4 +83,14 @@ def default_config() -> ml_collections.ConfigDict:
       seed=0,
       truncation=1.0,
   ))
+
+  # Evaluation during training (dallex.evaluation.evaluate on the EMA generator),
+  # logged as eval/<split>/<metric>; every=0 turns it off.
+  c.evals = ml_collections.ConfigDict(dict(
+      every=0,
+      splits=("test",),
+      num=500,                # samples per split (its first examples)
+      seed=0,
+      batch_size=64,
+  ))
   return c

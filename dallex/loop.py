@@ -3,9 +3,10 @@
 It resumes from the newest good checkpoint in ``workdir`` (state and data
 position), runs the compiled step, logs metrics (``metrics.jsonl`` and
 TensorBoard events), draws a sample grid for fixed prompts and seeds every
-``train.sample_every`` steps, checkpoints every ``train.checkpoint_every``
-steps, at the end and on SIGTERM/SIGINT, and stops with ``NonFiniteError``
-after ``train.max_nonfinite`` non-finite steps in a row. With several JAX
+``train.sample_every`` steps, evaluates (``dallex.evaluation``) every
+``evals.every`` steps, checkpoints every ``train.checkpoint_every`` steps, at
+the end and on SIGTERM/SIGINT, and stops with ``NonFiniteError`` after
+``train.max_nonfinite`` non-finite steps in a row. With several JAX
 processes, each reads its own shard of the data, process 0 alone writes logs
 and images, and all take part in checkpoints.
 
@@ -31,7 +32,9 @@ import numpy as np
 
 from dallex import checkpoint, train, visualize
 from dallex.data import pipeline, sources
+from dallex.evaluation import evaluate
 from dallex.objective import GanObjective, build_objective
+from dallex.sampler import Sampler
 from dallex.sampling import sample
 from dallex.text import ByteTokenizer
 
@@ -167,6 +170,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                 scale=max(1, 64 // config.data.resolution))
     return None
 
+  eval_sets = {}
+  if config.evals.every and lead:
+    eval_sets = {split: evaluate.load_eval_set(config.data, split, config.evals.num)
+                 for split in config.evals.splits}
+
+  def run_evals(step):
+    if not eval_sets:
+      return
+    current = jax.device_get(unreplicate(state))
+    sampler = Sampler(config, objective.generator, current.ema_params, step,
+                      objective.discriminator, current.d_params)
+    for split, eval_set in eval_sets.items():
+      result = evaluate.evaluate(sampler, eval_set, config.evals.seed,
+                                 batch_size=config.evals.batch_size)
+      writer.write(step, {f"eval/{split}/{k}": float(v) for k, v in result.metrics.items()
+                          if not k.startswith("num")})
+
   progress = None
   if lead:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -198,6 +218,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           progress.update(1)
         if t.sample_every and step % t.sample_every == 0:
           last_sample = draw(step)
+        if config.evals.every and step % config.evals.every == 0:
+          run_evals(step)
         if t.checkpoint_every and step % t.checkpoint_every == 0:
           save(step)
         if stop.received is not None:

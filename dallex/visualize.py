@@ -16,6 +16,11 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.clip(np.round((images.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def to_float(images: np.ndarray) -> np.ndarray:
+  """Maps uint8 images to float32 in [-1, 1] (the models' image range)."""
+  return np.asarray(images, np.float32) / 127.5 - 1.0
+
+
 def make_grid(images: np.ndarray, columns: int, padding: int = 2) -> np.ndarray:
   """Tiles images [N, H, W, 3] into one uint8 picture, ``columns`` wide, on grey."""
   images = to_uint8(images)

@@ -1,9 +1,14 @@
 """Shared fixtures: small datasets built once per test session."""
 
 import os
+import subprocess
+import sys
 import tempfile
 
 import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_TRAIN_CONFIG = "tests/helpers/tiny_train_config.py"
 
 # Tests must not touch the user's ~/tensorflow_datasets.
 os.environ.setdefault("DALLEX_DATA_DIR", "/nonexistent-dallex-data-dir")
@@ -36,6 +41,33 @@ def full_shapes_r32(tmp_path_factory):
   builder = DallexShapes(config="r32", data_dir=str(tmp_path_factory.mktemp("shapes_r32")))
   builder.download_and_prepare()
   return builder
+
+
+def train_cmd(workdir, data_dir, *overrides):
+  """`python -m experiments.train` with the tiny config on the data in ``data_dir``."""
+  return [sys.executable, "-m", "experiments.train", f"--config={TINY_TRAIN_CONFIG}",
+          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *overrides]
+
+
+def train_cli(workdir, data_dir, *overrides, check=True):
+  """Runs ``train_cmd`` to the end; asserts success unless ``check`` is False."""
+  out = subprocess.run(train_cmd(workdir, data_dir, *overrides), cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+  if check:
+    assert out.returncode == 0, out.stderr[-4000:]
+  return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(full_shapes_r32, tmp_path_factory):
+  """A finished 6-step CLI run of the tiny config on the real 32-px shapes, with
+  samples and evals (8 test captions) at steps 3 and 6: (workdir, stdout).
+  Tests must not change it (copy it first)."""
+  workdir = tmp_path_factory.mktemp("tiny_run") / "run"
+  out = train_cli(workdir, str(full_shapes_r32.data_dir_root), "--config.train.steps=6",
+                  "--config.train.sample_every=3", "--config.evals.every=3",
+                  "--config.evals.num=8")
+  return workdir, out.stdout
 
 
 def tiny_config(arch="dallex", resolution=32):

@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import warnings
 
@@ -16,21 +15,9 @@ import pytest
 
 from dallex.checkpoint import Checkpointer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = "tests/helpers/tiny_train_config.py"
-
-
-def _train_cmd(workdir, data_dir, *overrides):
-  return [sys.executable, "-m", "experiments.train", f"--config={CONFIG}", f"--workdir={workdir}",
-          f"--config.data.data_dir={data_dir}", *overrides]
-
-
-def _train(workdir, data_dir, *overrides, check=True):
-  out = subprocess.run(_train_cmd(workdir, data_dir, *overrides), cwd=ROOT, capture_output=True,
-                       text=True, timeout=600)
-  if check:
-    assert out.returncode == 0, out.stderr[-4000:]
-  return out
+from conftest import ROOT
+from conftest import train_cli as _train
+from conftest import train_cmd as _train_cmd
 
 
 def _final_params(workdir):
@@ -53,16 +40,25 @@ def data_dir(full_shapes_r32):
   return str(full_shapes_r32.data_dir_root)
 
 
-def test_train_cli_writes_everything_and_resumes_exactly(tmp_path, data_dir):
+def _train_rows(workdir):
+  return [r for r in _metrics(workdir) if "d_loss" in r]
+
+
+def test_train_cli_writes_everything_and_resumes_exactly(tmp_path, data_dir, tiny_run):
   """One straight run of 6 steps, checked for every output; then the same run
   stopped after 3 steps and resumed must end bit-identical to it."""
-  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  out = _train(straight, data_dir, "--config.train.steps=6", "--config.train.sample_every=3")
-  assert "dallex: step 6/6" in out.stdout
+  straight, stdout = tiny_run
+  resumed = tmp_path / "resumed"
+  assert "dallex: step 6/6" in stdout
   assert sorted(os.listdir(straight / "checkpoints"), key=int) == ["2", "4", "6"]
-  rows = _metrics(straight)
+  rows = _train_rows(straight)
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
   assert all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in rows)
+  evals = [r for r in _metrics(straight) if "d_loss" not in r]
+  assert [r["step"] for r in evals] == [3, 6]
+  for r in evals:
+    assert 0.0 <= r["eval/test/object_accuracy"] <= 1.0
+    assert 0.0 <= r["eval/test/r_precision"] <= 1.0
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(straight / "events"))
   assert sorted(os.listdir(straight / "samples")) == ["step_0000003.png", "step_0000006.png"]
   from PIL import Image
@@ -81,7 +77,7 @@ def test_train_cli_writes_everything_and_resumes_exactly(tmp_path, data_dir):
     np.testing.assert_array_equal(a, b)  # bit-identical
   # The same data in the same order: the logged losses of steps 4-6 agree exactly.
   strip = lambda rows: [{k: v for k, v in r.items() if k != "steps_per_s"} for r in rows]
-  assert strip(_metrics(straight)[3:]) == strip(_metrics(resumed)[3:])
+  assert strip(_train_rows(straight)[3:]) == strip(_train_rows(resumed)[3:])
 
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, data_dir):

@@ -1,0 +1,45 @@
+"""R-precision, and the evaluation report's table and worst-samples sheet."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dallex.evaluation import evaluate, rprecision
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_r_precision_perfect_chance_and_never_its_own_caption():
+  rng = np.random.default_rng(0)
+  text = _unit(rng.normal(size=(200, 64)))
+  ids = rng.integers(0, 200, 500)
+  perfect, margins = rprecision.r_precision(text[ids], ids, text, num_distractors=99)
+  assert perfect == 1.0 and np.all(margins > 0)
+  chance, _ = rprecision.r_precision(_unit(rng.normal(size=(2000, 64))), rng.integers(0, 200, 2000),
+                                     text, num_distractors=9)
+  assert chance == pytest.approx(0.1, abs=0.03)
+  # With 2 captions the only distractor is the other one: never the true caption.
+  two = _unit(np.array([[1.0, 0.0], [0.0, 1.0]]))
+  value, margins = rprecision.r_precision(two[[0, 1, 1]], [0, 1, 1], two)
+  assert value == 1.0 and np.allclose(margins, 1.0)
+  with pytest.raises(ValueError, match="at least 2 distinct captions"):
+    rprecision.r_precision(two[:1], [0], two[:1])
+
+
+def test_worst_samples_sheet_and_table(tmp_path):
+  images = np.stack([np.full((8, 8, 3), v, np.uint8) for v in (10, 200, 100)])
+  result = evaluate.Evaluation({"object_accuracy": 0.5}, images, ["a", "b", "c"],
+                               np.array([0.5, -1.0, 0.0]), ["", "#1 colour", "right"])
+  path = evaluate.worst_samples_png(result, str(tmp_path / "w" / "worst.png"), num=2, scale=4,
+                                    columns=2)
+  sheet = np.asarray(Image.open(path))
+  # Worst first: image 1 (score -1), then image 2 (score 0).
+  assert (sheet[4:36, 4:36] == 200).all() and (sheet[4:36, 168:200] == 100).all()
+  table = evaluate.format_table({"test": {"object_accuracy": 0.5, "num_images": 3},
+                                 "heldout": {"object_accuracy": 0.25}})
+  lines = table.splitlines()
+  assert lines[0].split() == ["test", "heldout"]
+  assert lines[1].split() == ["object_accuracy", "0.5000", "0.2500"]
+  assert lines[2].split() == ["num_images", "3", "-"]
