@@ -32,7 +32,8 @@ def default_config() -> ml_collections.ConfigDict:
       ca_dim=64,
       text=dict(max_length=96, width=128, depth=2, heads=4, mlp_ratio=4),
       generator=dict(style_dim=128, mapping_depth=2, grid=4, width=128, depth=2, heads=4,
-                     mlp_ratio=4, base_channels=128, min_channels=32),
+                     mlp_ratio=4, base_channels=128, min_channels=32,
+                     conditioning_augmentation=True),  # off: c = mu (set loss.kl=0)
       discriminator=dict(base_channels=32, max_channels=256, hidden=256, embed_dim=128,
                          text_source="own",
                          text=dict(max_length=96, width=64, depth=1, heads=4, mlp_ratio=4)),

@@ -135,12 +135,13 @@ def _abstract_params(config: ml_collections.ConfigDict, generator, discriminator
                                   sentence)
 
 
-def load(workdir: str, with_discriminator: bool = False) -> Sampler:
-  """The sampler of the newest readable checkpoint in ``workdir``.
+def load(workdir: str, with_discriminator: bool = False, step: int | None = None) -> Sampler:
+  """The sampler of the newest readable checkpoint in ``workdir`` (or of ``step``).
 
   Args:
     workdir: a training workdir (config.json and checkpoints/).
     with_discriminator: also restore the discriminator (for ``Sampler.embed``).
+    step: restore this checkpoint and no other.
 
   Raises:
     FileNotFoundError: no config.json or no checkpoint in the workdir.
@@ -160,6 +161,11 @@ def load(workdir: str, with_discriminator: bool = False) -> Sampler:
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {directory}")
+  if step is not None:
+    if step not in steps:
+      manager.close()
+      raise FileNotFoundError(f"no checkpoint of step {step} in {directory} (it has {steps})")
+    steps = [step]
   generator, discriminator = build_models(config.model, config.data.resolution)
   if not with_discriminator:
     discriminator = None
@@ -171,16 +177,16 @@ def load(workdir: str, with_discriminator: bool = False) -> Sampler:
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
   errors = []
   try:
-    for step in steps:
+    for candidate in steps:
       try:
-        restored = manager.restore(step, args=ocp.args.Composite(
+        restored = manager.restore(candidate, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
                 item=target, partial_restore=True,
                 restore_args=ocp.checkpoint_utils.construct_restore_args(target))))["state"]
-        return Sampler(config, generator, restored["ema_params"], step, discriminator,
+        return Sampler(config, generator, restored["ema_params"], candidate, discriminator,
                        restored.get("d_params"))
       except Exception as e:  # Damaged or incompatible: try an older one, then report all.
-        errors.append(f"{directory}/{step}: {type(e).__name__}: {str(e)[:300]}")
+        errors.append(f"{directory}/{candidate}: {type(e).__name__}: {str(e)[:300]}")
   finally:
     manager.close()
   raise ValueError("no checkpoint could be restored for this config:\n" + "\n".join(errors))

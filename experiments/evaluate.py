@@ -29,13 +29,14 @@ flags.DEFINE_string("fid_cache", os.path.expanduser("~/.cache/dallex/fid"),
                     "Folder caching the real images' Inception features ('' for none).")
 flags.DEFINE_string("data_dir", None, "Override the run's data.data_dir.")
 flags.DEFINE_integer("batch_size", 64, "Generation batch size.")
+flags.DEFINE_integer("step", None, "Evaluate this checkpoint (default: the newest).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only managers.
-  sampler = load(FLAGS.workdir, with_discriminator=True)
+  sampler = load(FLAGS.workdir, with_discriminator=True, step=FLAGS.step)
   data = sampler.config.data
   if FLAGS.data_dir:
     data.data_dir = FLAGS.data_dir

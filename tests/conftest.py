@@ -22,6 +22,22 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       tempfile.mkdtemp(prefix="dallex-test-jax-cache-"))
 
 
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: minutes of training; runs only with DALLEX_SLOW_TESTS=1")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Slow tests (real training runs) are skipped unless DALLEX_SLOW_TESTS=1: the
+  default suite must stay under 10 minutes on 2 cores."""
+  del config
+  if os.environ.get("DALLEX_SLOW_TESTS") == "1":
+    return
+  skip = pytest.mark.skip(reason="slow: set DALLEX_SLOW_TESTS=1 to run")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_shapes(tmp_path_factory):
   """A small ``dallex_shapes`` build at 32 px: (builder, data_dir)."""

@@ -171,3 +171,17 @@ def test_scan_and_remat_compute_the_same_function():
   b = jax.jit(g_remat.apply)(g_params, batch["ids"], batch["mask"], z, eps).images
   np.testing.assert_allclose(a, b, atol=1e-6)
   assert jax.tree.leaves(g_params["params"]["transformer"])[0].shape[0] == 2  # scanned: depth axis
+
+
+def test_conditioning_augmentation_samples_around_the_mean_and_can_be_switched_off():
+  from dallex.models.conditioning import ConditioningAugmentation
+  sentence = jax.random.normal(jax.random.key(0), (3, 8))
+  eps = jax.random.normal(jax.random.key(1), (3, 4))
+  on = ConditioningAugmentation(4)
+  params = on.init(jax.random.key(2), sentence, eps)
+  sampled = on.apply(params, sentence, eps)
+  np.testing.assert_allclose(sampled.c, sampled.mu + jnp.exp(0.5 * sampled.logvar) * eps,
+                             rtol=1e-6)
+  np.testing.assert_allclose(on.apply(params, sentence, 0 * eps).c, sampled.mu)
+  off = ConditioningAugmentation(4, augment=False).apply(params, sentence, eps)
+  np.testing.assert_array_equal(off.c, sampled.mu)

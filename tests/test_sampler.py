@@ -40,6 +40,9 @@ def test_load_generates_images_and_embeddings(tiny_run):
   np.testing.assert_allclose(np.linalg.norm(img_emb, axis=1), 1.0, rtol=1e-5)
   with pytest.raises(ValueError, match="with_discriminator=True"):
     dallex.load(str(tiny_run[0])).embed(images, ["a"])
+  assert dallex.load(str(tiny_run[0]), step=4).step == 4
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 5 in .* \(it has \[6, 4, 2\]\)"):
+    dallex.load(str(tiny_run[0]), step=5)
 
 
 def test_damaged_newest_checkpoint_falls_back_and_all_damaged_is_an_error(tiny_run, tmp_path):

@@ -38,13 +38,14 @@ def _tiny_state(resolution=8):
   batch = tiny_batch(config, 4)
   state = jax.jit(lambda k: train.create_train_state(objective, tx, tx, k, batch))(
       jax.random.key(0))
-  step = jax.jit(functools.partial(train.train_step, objective=objective, g_tx=tx, d_tx=tx,
-                                   seed=0, d_steps=2))
-  return state, step, batch
+  step_fn = functools.partial(train.train_step, objective=objective, g_tx=tx, d_tx=tx, seed=0,
+                              d_steps=2)
+  return state, step_fn, batch
 
 
 def test_non_finite_step_changes_nothing_and_is_counted():
-  state, step, batch = _tiny_state()
+  state, step_fn, batch = _tiny_state()
+  step = jax.jit(step_fn)
   bad = dict(batch, image=np.where(np.arange(batch["image"].size).reshape(batch["image"].shape)
                                    == 5, np.nan, batch["image"]).astype(np.float32))
   before = jax.tree.map(np.asarray, state)
@@ -63,6 +64,38 @@ def test_non_finite_step_changes_nothing_and_is_counted():
   changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before.g_params),
                                                       jax.tree.leaves(s3.g_params))]
   assert all(changed)
+
+
+def test_loop_step_donates_its_state_copies_nothing_and_compiles_once():
+  """The compiled step the loop runs: the old state's buffers are reused (donated),
+  no implicit host<->device transfer happens inside it, and later steps reuse
+  the first step's compilation."""
+  state, step_fn, batch = _tiny_state()
+  mesh = train.data_mesh(jax.devices()[:1])
+  step = train.jit_sharded_step(step_fn, mesh)
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  # As the loop places it: replicated over the mesh.
+  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  compiles = []
+
+  def listen(event, seconds, **kwargs):
+    del seconds, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+
+  state, _ = step(state, jax.device_put(batch, rows))  # compiles
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    for seed in (1, 2, 3):
+      device_batch = jax.device_put(tiny_batch(tiny_config(resolution=8), 4, seed=seed), rows)
+      old_leaves = jax.tree.leaves(state)
+      with jax.transfer_guard("disallow"):
+        state, metrics = step(state, device_batch)
+      assert all(leaf.is_deleted() for leaf in old_leaves)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert compiles == []
+  assert int(state.step) == 4 and float(metrics["finite"]) == 1.0
 
 
 def test_batch_must_divide_over_devices():

@@ -24,8 +24,12 @@ class Conditioning(NamedTuple):
 
 
 class ConditioningAugmentation(nn.Module):
-  """sentence [B, D], eps [B, C] -> Conditioning."""
+  """sentence [B, D], eps [B, C] -> Conditioning.
+
+  ``augment=False`` (for ablations) returns c = mu: the same projection, no noise.
+  """
   dim: int
+  augment: bool = True
 
   @nn.compact
   def __call__(self, sentence: jax.Array, eps: jax.Array) -> Conditioning:
@@ -34,4 +38,6 @@ class ConditioningAugmentation(nn.Module):
     mu, logvar = jnp.split(nn.Dense(2 * self.dim, dtype=jnp.float32)(sentence), 2, axis=-1)
     # Bounded log-variance keeps exp() finite early in training.
     logvar = jnp.clip(logvar, -10.0, 10.0)
+    if not self.augment:
+      return Conditioning(mu, mu, logvar)
     return Conditioning(mu + jnp.exp(0.5 * logvar) * eps, mu, logvar)

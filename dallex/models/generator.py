@@ -94,6 +94,7 @@ class Generator(nn.Module):
     width, depth, num_heads, mlp_ratio: the grid Transformer.
     base_channels, min_channels: the first up block has ``base_channels``;
       each further one halves it, down to ``min_channels``.
+    conditioning_augmentation: sample c around the caption's mean (off: c = mu).
   """
   text_encoder: TextEncoder
   resolution: int
@@ -108,6 +109,7 @@ class Generator(nn.Module):
   mlp_ratio: int = 4
   base_channels: int = 128
   min_channels: int = 32
+  conditioning_augmentation: bool = True
   scan: bool = True
   remat: bool = False
   dtype: Dtype = jnp.float32
@@ -124,7 +126,8 @@ class Generator(nn.Module):
     if z.shape[-1] != self.z_dim:
       raise ValueError(f"z has {z.shape[-1]} channels, expected z_dim={self.z_dim}")
     text = self.text_encoder(ids, mask)
-    cond = ConditioningAugmentation(self.ca_dim, name="conditioning")(text.sentence, ca_eps)
+    cond = ConditioningAugmentation(self.ca_dim, self.conditioning_augmentation,
+                                    name="conditioning")(text.sentence, ca_eps)
     w = jnp.concatenate([z, cond.c], axis=-1)
     for i in range(self.mapping_depth):
       w = nn.leaky_relu(nn.Dense(self.style_dim, name=f"mapping_{i}")(w), 0.2)

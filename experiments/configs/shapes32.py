@@ -20,9 +20,12 @@ def get_config():
   c.model.generator.update(style_dim=128, width=64, depth=2, heads=4, base_channels=64,
                            min_channels=16)
   c.model.discriminator.update(base_channels=16, max_channels=128, hidden=128, embed_dim=64)
-  c.optim.g.lr = 1e-3
-  c.optim.d.lr = 1e-3
+  # Two time scales: at 1e-3 for both the generator collapsed to black within
+  # 20 steps, before D could tell a black image from a shapes image.
+  c.optim.g.lr = 1e-4
+  c.optim.d.lr = 4e-4
   c.optim.g.b2 = c.optim.d.b2 = 0.99
-  c.train.update(steps=300, batch_size=32, checkpoint_every=100, log_every=20, sample_every=100)
+  c.train.update(steps=1600, batch_size=32, checkpoint_every=400, log_every=50,
+                 sample_every=400)
   c.sample.num_per_prompt = 6
   return c

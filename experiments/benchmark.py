@@ -1,0 +1,326 @@
+r"""Measures dallex against this machine's own limit: train step, compile, sampling, input, devices.
+
+    python -m experiments.benchmark [--config experiments/configs/shapes32.py] [--config.x=y] \
+        [--out bench.json]
+
+The headline is utilisation: the train step's FLOPs (XLA's own cost analysis
+of the compiled step) per second, as a fraction of the dense matmul FLOP/s
+measured in the same process and dtype. Absolute times vary between machines
+and runs; that ratio says how close to the machine's limit the step runs.
+Sections: --only=train,profile,compile,sample,input,devices picks some.
+"""
+
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "shapes32.py")
+config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.",
+                                lock_config=True)
+flags.DEFINE_string("out", None, "Write the results here as JSON.")
+flags.DEFINE_string("only", "train,profile,compile,sample,input,devices", "Sections to run.")
+flags.DEFINE_integer("steps", 10, "Timed train steps per repeat.")
+flags.DEFINE_integer("repeats", 5, "Repeats; the median is reported.")
+flags.DEFINE_string("depths", "2,4,8,16", "Transformer depths for the compile-time section.")
+flags.DEFINE_string("sample_batches", "1,64", "Batch sizes for the sampling section.")
+flags.DEFINE_string("devices", "1,2,4,8", "Device counts for the scaling section.")
+flags.DEFINE_bool("devices_worker", False, "Internal: run the scaling section in this process.")
+FLAGS = flags.FLAGS
+
+
+def _median_time(fn, repeats: int) -> float:
+  """Median wall time of ``fn()`` (which must block until its work is done)."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _flops(compiled) -> float:
+  """FLOPs of a compiled computation by XLA's cost analysis (0 when unavailable)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", 0.0))
+
+
+def matmul_flops_per_s(dtype, n: int = 1024, repeats: int = 10) -> float:
+  """Dense [n, n] @ [n, n] throughput in ``dtype``: the machine's practical limit."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, b).block_until_ready()
+  return 2.0 * n**3 / _median_time(lambda: f(a, b).block_until_ready(), repeats)
+
+
+def _train_setup(config, devices=None):
+  """(compiled step, state, device batch, batch size) as the training loop builds them."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from dallex import train  # pylint: disable=import-outside-toplevel
+  from dallex.objective import build_objective  # pylint: disable=import-outside-toplevel
+  from dallex.text import ByteTokenizer  # pylint: disable=import-outside-toplevel
+  t = config.train
+  objective = build_objective(config)
+  g_tx, d_tx = train.make_optimizer(config.optim.g), train.make_optimizer(config.optim.d)
+  mesh = train.data_mesh(devices)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  res, length, b = config.data.resolution, config.model.text.max_length, t.batch_size
+  rng = np.random.default_rng(0)
+  ids, mask = ByteTokenizer(length).encode(["a small red circle on the left"] * b)
+  batch = {"image": rng.uniform(-1, 1, (b, res, res, 3)).astype(np.float32), "ids": ids,
+           "mask": mask}
+  state = jax.jit(lambda k: train.create_train_state(objective, g_tx, d_tx, k, batch),
+                  out_shardings=replicated)(jax.random.key(0))
+  step_fn = functools.partial(train.train_step, objective=objective, g_tx=g_tx, d_tx=d_tx,
+                              seed=config.seed, d_steps=t.d_steps, ema=t.ema)
+  return train.jit_sharded_step(step_fn, mesh), state, jax.device_put(batch, rows), b
+
+
+def _time_steps(step, state, batch, steps: int, repeats: int) -> tuple[float, object]:
+  """Median seconds per step over ``repeats`` runs of ``steps`` chained steps."""
+  holder = {"state": state}
+
+  def run():
+    metrics = None
+    for _ in range(steps):
+      holder["state"], metrics = step(holder["state"], batch)
+    metrics["d_loss"].block_until_ready()
+
+  run()  # warm-up (the first call compiled already)
+  return _median_time(run, repeats) / steps, holder["state"]
+
+
+def bench_train(config, matmul: float) -> dict:
+  """Steps/s, images/s, FLOPs per step and utilisation of the train step; memory."""
+  import jax  # pylint: disable=import-outside-toplevel
+  step, state, batch, b = _train_setup(config, jax.devices()[:1])
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  flops = _flops(compiled)
+  seconds, _ = _time_steps(compiled, state, batch, FLAGS.steps, FLAGS.repeats)
+  memory = compiled.memory_analysis()
+  out = dict(train_steps_per_s=1.0 / seconds, train_images_per_s=b / seconds,
+             train_step_flops=flops, train_flops_per_s=flops / seconds,
+             train_utilisation=flops / seconds / matmul, train_compile_seconds=compile_s)
+  if memory is not None:
+    out["train_memory_bytes"] = dict(
+        arguments=memory.argument_size_in_bytes, outputs=memory.output_size_in_bytes,
+        temporaries=memory.temp_size_in_bytes, aliased=memory.alias_size_in_bytes,
+        peak_estimate=(memory.argument_size_in_bytes + memory.output_size_in_bytes
+                       + memory.temp_size_in_bytes - memory.alias_size_in_bytes))
+  stats = jax.devices()[0].memory_stats()
+  if stats and "peak_bytes_in_use" in stats:
+    out["train_peak_device_bytes"] = stats["peak_bytes_in_use"]
+  return out
+
+
+def bench_profile(config, matmul: float) -> dict:
+  """Where the train step's time goes: FLOPs, seconds and utilisation of its parts
+  (each compiled alone, so the parts overlap less than in the fused step)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from dallex.objective import build_objective, init_params  # pylint: disable=import-outside-toplevel
+  from dallex.text import ByteTokenizer  # pylint: disable=import-outside-toplevel
+  objective = build_objective(config)
+  res, length, b = config.data.resolution, config.model.text.max_length, config.train.batch_size
+  ids, mask = ByteTokenizer(length).encode(["a small red circle on the left"] * b)
+  batch = {"image": np.random.default_rng(0).uniform(-1, 1, (b, res, res, 3)).astype(np.float32),
+           "ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "index": jnp.arange(b)}
+  g_params, d_params = jax.jit(lambda k: init_params(objective, k, batch))(jax.random.key(0))
+  key = jax.random.key(1)
+  images = jnp.concatenate([batch["image"]] * 2)
+  parts = {
+      "generator forward": (lambda g: objective._generate(g, batch, key).images, (g_params,)),  # pylint: disable=protected-access
+      "discriminator features, 2B images": (
+          lambda d: objective.discriminator.apply(d, images, method="features")[0], (d_params,)),
+      "discriminator text encoder": (
+          lambda d: objective.discriminator.apply(d, batch["ids"], batch["mask"],
+                                                  method="encode_text"), (d_params,)),
+      "D loss and gradient": (jax.grad(lambda d, g: objective.discriminator_loss(
+          d, g, batch, key)[0]), (d_params, g_params)),
+      "G loss and gradient": (jax.grad(lambda g, d: objective.generator_loss(
+          g, d, batch, key)[0]), (g_params, d_params)),
+  }
+  out = {}
+  for name, (fn, args) in parts.items():
+    compiled = jax.jit(fn).lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
+    seconds = _median_time(lambda: jax.block_until_ready(compiled(*args)), FLAGS.repeats)  # pylint: disable=cell-var-from-loop
+    flops = _flops(compiled)
+    out[name] = dict(ms=1e3 * seconds, gflops=flops / 1e9, utilisation=flops / seconds / matmul)
+  return out
+
+
+def bench_compile(config, depths: list[int]) -> dict:
+  """Seconds to trace, lower and compile the train step at each Transformer depth."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from dallex import train  # pylint: disable=import-outside-toplevel
+  from dallex.objective import build_objective  # pylint: disable=import-outside-toplevel
+  from dallex.text import ByteTokenizer  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  out = {}
+  for depth in depths:
+    c = config.copy_and_resolve_references()
+    c.model.generator.depth = depth
+    c.model.text.depth = depth
+    objective = build_objective(c)
+    g_tx, d_tx = train.make_optimizer(c.optim.g), train.make_optimizer(c.optim.d)
+    res, length, b = c.data.resolution, c.model.text.max_length, c.train.batch_size
+    ids, mask = ByteTokenizer(length).encode(["a"] * b)
+    batch = {"image": np.zeros((b, res, res, 3), np.float32), "ids": ids, "mask": mask}
+    state = jax.eval_shape(lambda k: train.create_train_state(objective, g_tx, d_tx, k, batch),
+                           jax.random.key(0))
+    step = train.jit_sharded_step(functools.partial(
+        train.train_step, objective=objective, g_tx=g_tx, d_tx=d_tx, seed=0,
+        d_steps=c.train.d_steps, ema=c.train.ema), train.data_mesh(jax.devices()[:1]))
+    start = time.perf_counter()
+    step.lower(state, batch).compile()
+    out[depth] = time.perf_counter() - start
+    print(f"  compile at depth {depth}: {out[depth]:.1f} s", flush=True)
+  return out
+
+
+def bench_sample(config, batches: list[int], matmul: float) -> dict:
+  """Images/s of the jitted ``sample`` per batch size, one image's latency, utilisation."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from dallex import noise  # pylint: disable=import-outside-toplevel
+  from dallex.models import build_models  # pylint: disable=import-outside-toplevel
+  from dallex.sampling import sample  # pylint: disable=import-outside-toplevel
+  from dallex.text import ByteTokenizer  # pylint: disable=import-outside-toplevel
+  m = config.model
+  generator, _ = build_models(m, config.data.resolution)
+  ids, mask = ByteTokenizer(m.text.max_length).encode(["a small red circle on the left"])
+  z, eps = noise.latents(jax.random.key(0), [0], m.z_dim, m.ca_dim)
+  params = jax.jit(generator.init)(jax.random.key(0), ids, mask, z, eps)
+  out = {"sample_images_per_s": {}, "sample_utilisation": {}}
+  for b in batches:
+    bi, bm = ids.repeat(b, 0), mask.repeat(b, 0)
+    kwargs = dict(z_dim=m.z_dim, ca_dim=m.ca_dim)
+    compiled = sample.lower(generator, params, bi, bm, jax.random.key(0), **kwargs).compile()
+    run = lambda: compiled(params, bi, bm, jax.random.key(0)).block_until_ready()  # noqa: E731
+    run()
+    seconds = _median_time(run, max(FLAGS.repeats, 10))
+    out["sample_images_per_s"][b] = b / seconds
+    out["sample_utilisation"][b] = _flops(compiled) / seconds / matmul
+    if b == 1:
+      out["sample_latency_s"] = seconds
+  return out
+
+
+def bench_input(config, batches: int = 100) -> dict:
+  """Batches/s of the input pipeline alone (the training config's settings)."""
+  from dallex.data import pipeline, sources  # pylint: disable=import-outside-toplevel
+  source = sources.open_source(config.data, config.data.train_split)
+  it = iter(pipeline.make_dataset(
+      source, batch_size=config.train.batch_size, resolution=config.data.resolution,
+      max_length=config.model.text.max_length, seed=0, num_threads=config.data.num_threads,
+      prefetch=config.data.prefetch))
+  for _ in range(5):
+    next(it)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return {"input_batches_per_s": batches / (time.perf_counter() - start)}
+
+
+def bench_devices_here(config, counts: list[int]) -> dict:
+  """Images/s of the train step data-parallel over the first k devices, per k."""
+  import jax  # pylint: disable=import-outside-toplevel
+  out = {}
+  for k in counts:
+    step, state, batch, b = _train_setup(config, jax.devices()[:k])
+    state, _ = step(state, batch)  # compiles; the old state is donated
+    seconds, _ = _time_steps(step, state, batch, max(2, FLAGS.steps // 2), FLAGS.repeats)
+    out[k] = b / seconds
+  return out
+
+
+def bench_devices(counts: list[int]) -> dict:
+  """Runs the scaling section in a fresh process with host-platform devices."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
+                      f"{max(counts)}").strip()
+  args = [a for a in sys.argv[1:] if not a.startswith(("--out", "--only"))]
+  out = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--devices_worker",
+                        *args], env=env, capture_output=True, text=True, check=False)
+  if out.returncode:
+    raise RuntimeError("the devices section failed:\n" + out.stderr[-3000:])
+  return {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+
+
+def _print_table(results: dict) -> None:
+  def line(name, value, unit=""):
+    print(f"  {name:<34} {value}{unit}")
+  print("dallex benchmark:", results["device"], "|", results["config"])
+  for key, value in results.items():
+    if isinstance(value, dict):
+      print(f"  {key}:")
+      for k, v in value.items():
+        if isinstance(v, dict):
+          v = ", ".join(f"{n} {x:.4g}" if isinstance(x, float) else f"{n} {x}"
+                        for n, x in v.items())
+        line(f"  {k}", f"{v:.4g}" if isinstance(v, float) else v)
+    elif isinstance(value, float):
+      line(key, f"{value:.4g}")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.ERROR)
+  import jax  # pylint: disable=import-outside-toplevel
+  from dallex.models import compute_dtype  # pylint: disable=import-outside-toplevel
+  config = FLAGS.config
+  if FLAGS.devices_worker:
+    counts = [int(x) for x in FLAGS.devices.split(",")]
+    print(json.dumps(bench_devices_here(config, counts)))
+    return
+  sections = set(FLAGS.only.split(","))
+  dtype = compute_dtype(config.model.dtype)
+  results = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}), "
+                       f"{os.cpu_count()} CPU cores", "config": config.model.dtype + " "
+                       + config.data.name + f" r{config.data.resolution} batch "
+                       + str(config.train.batch_size)}
+  results["matmul_flops_per_s"] = matmul_flops_per_s(dtype)
+  if "train" in sections:
+    results.update(bench_train(config, results["matmul_flops_per_s"]))
+  if "profile" in sections:
+    results["profile"] = bench_profile(config, results["matmul_flops_per_s"])
+  if "compile" in sections:
+    depths = [int(x) for x in FLAGS.depths.split(",")]
+    results["compile_seconds"] = bench_compile(config, depths)
+    results["compile_ratio_deepest_to_shallowest"] = (
+        results["compile_seconds"][depths[-1]] / results["compile_seconds"][depths[0]])
+  if "sample" in sections:
+    results.update(bench_sample(config, [int(x) for x in FLAGS.sample_batches.split(",")],
+                                results["matmul_flops_per_s"]))
+  if "input" in sections:
+    results.update(bench_input(config))
+    if "train_steps_per_s" in results:
+      results["input_to_train_ratio"] = (results["input_batches_per_s"]
+                                         / results["train_steps_per_s"])
+  if "devices" in sections:
+    results["devices_images_per_s"] = bench_devices([int(x) for x in FLAGS.devices.split(",")])
+  _print_table(results)
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      json.dump(results, f, indent=2)
+    print(f"-> {FLAGS.out}")
+
+
+if __name__ == "__main__":
+  app.run(main)
