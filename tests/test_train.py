@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import ml_collections
@@ -43,13 +44,26 @@ def _tiny_state(resolution=8):
   return state, step_fn, batch
 
 
-def test_non_finite_step_changes_nothing_and_is_counted():
+@pytest.fixture(scope="module")
+def loop_step():
+  """The tiny model's step compiled as the loop compiles it (batch sharded, state
+  replicated and donated), a way to get fresh states, and a batch."""
   state, step_fn, batch = _tiny_state()
-  step = jax.jit(step_fn)
+  mesh = train.data_mesh(jax.devices()[:1])
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  host_state = jax.tree.map(np.asarray, state)
+  return types.SimpleNamespace(step=train.jit_sharded_step(step_fn, mesh), batch=batch,
+                               fresh=lambda: jax.device_put(host_state, replicated),
+                               put=lambda b: jax.device_put(b, rows))
+
+
+def test_non_finite_step_changes_nothing_and_is_counted(loop_step):
+  step, batch, state = loop_step.step, loop_step.batch, loop_step.fresh()
   bad = dict(batch, image=np.where(np.arange(batch["image"].size).reshape(batch["image"].shape)
                                    == 5, np.nan, batch["image"]).astype(np.float32))
   before = jax.tree.map(np.asarray, state)
-  s1, m1 = step(state, bad)
+  s1, m1 = step(state, loop_step.put(bad))
   assert float(m1["finite"]) == 0.0
   assert int(s1.step) == 1 and int(s1.nonfinite) == 1 and int(s1.nonfinite_total) == 1
   for a, b in zip(jax.tree.leaves((before.g_params, before.d_params, before.g_opt_state,
@@ -57,25 +71,19 @@ def test_non_finite_step_changes_nothing_and_is_counted():
                   jax.tree.leaves((s1.g_params, s1.d_params, s1.g_opt_state, s1.d_opt_state,
                                    s1.ema_params))):
     np.testing.assert_array_equal(a, b)
-  s2, _ = step(s1, bad)
+  s2, _ = step(s1, loop_step.put(bad))
   assert int(s2.nonfinite) == 2
-  s3, m3 = step(s2, batch)  # a good step resets the run, not the total
+  s3, m3 = step(s2, loop_step.put(batch))  # a good step resets the run, not the total
   assert float(m3["finite"]) == 1.0 and int(s3.nonfinite) == 0 and int(s3.nonfinite_total) == 2
   changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before.g_params),
                                                       jax.tree.leaves(s3.g_params))]
   assert all(changed)
 
 
-def test_loop_step_donates_its_state_copies_nothing_and_compiles_once():
-  """The compiled step the loop runs: the old state's buffers are reused (donated),
-  no implicit host<->device transfer happens inside it, and later steps reuse
-  the first step's compilation."""
-  state, step_fn, batch = _tiny_state()
-  mesh = train.data_mesh(jax.devices()[:1])
-  step = train.jit_sharded_step(step_fn, mesh)
-  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  # As the loop places it: replicated over the mesh.
-  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+def test_loop_step_donates_its_state_copies_nothing_and_compiles_once(loop_step):
+  """The old state's buffers are reused (donated), no implicit host<->device
+  transfer happens inside the step, and later steps reuse the first compilation."""
+  step, state = loop_step.step, loop_step.fresh()
   compiles = []
 
   def listen(event, seconds, **kwargs):
@@ -83,11 +91,11 @@ def test_loop_step_donates_its_state_copies_nothing_and_compiles_once():
     if event == "/jax/core/compile/backend_compile_duration":
       compiles.append(event)
 
-  state, _ = step(state, jax.device_put(batch, rows))  # compiles
+  state, _ = step(state, loop_step.put(loop_step.batch))  # compiled at most here
   jax.monitoring.register_event_duration_secs_listener(listen)
   try:
     for seed in (1, 2, 3):
-      device_batch = jax.device_put(tiny_batch(tiny_config(resolution=8), 4, seed=seed), rows)
+      device_batch = loop_step.put(tiny_batch(tiny_config(resolution=8), 4, seed=seed))
       old_leaves = jax.tree.leaves(state)
       with jax.transfer_guard("disallow"):
         state, metrics = step(state, device_batch)
