@@ -18,8 +18,18 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from dallex import noise, train
+from dallex.data import pipeline, sources
+from dallex.models import build_models, compute_dtype
+from dallex.objective import build_objective, init_params
+from dallex.sampling import sample
+from dallex.text import ByteTokenizer
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "shapes32.py")
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.",
@@ -55,8 +65,6 @@ def _flops(compiled) -> float:
 
 def matmul_flops_per_s(dtype, n: int = 1024, repeats: int = 10) -> float:
   """Dense [n, n] @ [n, n] throughput in ``dtype``: the machine's practical limit."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   f = jax.jit(lambda a, b: a @ b)
@@ -66,11 +74,6 @@ def matmul_flops_per_s(dtype, n: int = 1024, repeats: int = 10) -> float:
 
 def _train_setup(config, devices=None):
   """(compiled step, state, device batch, batch size) as the training loop builds them."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from dallex import train  # pylint: disable=import-outside-toplevel
-  from dallex.objective import build_objective  # pylint: disable=import-outside-toplevel
-  from dallex.text import ByteTokenizer  # pylint: disable=import-outside-toplevel
   t = config.train
   objective = build_objective(config)
   g_tx, d_tx = train.make_optimizer(config.optim.g), train.make_optimizer(config.optim.d)
@@ -105,7 +108,6 @@ def _time_steps(step, state, batch, steps: int, repeats: int) -> tuple[float, ob
 
 def bench_train(config, matmul: float) -> dict:
   """Steps/s, images/s, FLOPs per step and utilisation of the train step; memory."""
-  import jax  # pylint: disable=import-outside-toplevel
   step, state, batch, b = _train_setup(config, jax.devices()[:1])
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
@@ -131,11 +133,6 @@ def bench_train(config, matmul: float) -> dict:
 def bench_profile(config, matmul: float) -> dict:
   """Where the train step's time goes: FLOPs, seconds and utilisation of its parts
   (each compiled alone, so the parts overlap less than in the fused step)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from dallex.objective import build_objective, init_params  # pylint: disable=import-outside-toplevel
-  from dallex.text import ByteTokenizer  # pylint: disable=import-outside-toplevel
   objective = build_objective(config)
   res, length, b = config.data.resolution, config.model.text.max_length, config.train.batch_size
   ids, mask = ByteTokenizer(length).encode(["a small red circle on the left"] * b)
@@ -143,9 +140,11 @@ def bench_profile(config, matmul: float) -> dict:
            "ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "index": jnp.arange(b)}
   g_params, d_params = jax.jit(lambda k: init_params(objective, k, batch))(jax.random.key(0))
   key = jax.random.key(1)
+  z, eps = noise.latents(key, batch["index"], objective.z_dim, objective.ca_dim)
   images = jnp.concatenate([batch["image"]] * 2)
   parts = {
-      "generator forward": (lambda g: objective._generate(g, batch, key).images, (g_params,)),  # pylint: disable=protected-access
+      "generator forward": (lambda g: objective.generator.apply(
+          g, batch["ids"], batch["mask"], z, eps).images, (g_params,)),
       "discriminator features, 2B images": (
           lambda d: objective.discriminator.apply(d, images, method="features")[0], (d_params,)),
       "discriminator text encoder": (
@@ -159,8 +158,9 @@ def bench_profile(config, matmul: float) -> dict:
   out = {}
   for name, (fn, args) in parts.items():
     compiled = jax.jit(fn).lower(*args).compile()
-    jax.block_until_ready(compiled(*args))
-    seconds = _median_time(lambda: jax.block_until_ready(compiled(*args)), FLAGS.repeats)  # pylint: disable=cell-var-from-loop
+    run = functools.partial(lambda c, a: jax.block_until_ready(c(*a)), compiled, args)
+    run()
+    seconds = _median_time(run, FLAGS.repeats)
     flops = _flops(compiled)
     out[name] = dict(ms=1e3 * seconds, gflops=flops / 1e9, utilisation=flops / seconds / matmul)
   return out
@@ -168,13 +168,10 @@ def bench_profile(config, matmul: float) -> dict:
 
 def bench_compile(config, depths: list[int]) -> dict:
   """Seconds to trace, lower and compile the train step at each Transformer depth."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from dallex import train  # pylint: disable=import-outside-toplevel
-  from dallex.objective import build_objective  # pylint: disable=import-outside-toplevel
-  from dallex.text import ByteTokenizer  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  out = {}
-  for depth in depths:
+  seconds = []
+  # The first compile in a process also pays one-time costs: a warm-up compile
+  # keeps them out of the shallowest depth's time (and so out of the ratio).
+  for depth in [depths[0]] + list(depths):
     c = config.copy_and_resolve_references()
     c.model.generator.depth = depth
     c.model.text.depth = depth
@@ -190,18 +187,13 @@ def bench_compile(config, depths: list[int]) -> dict:
         d_steps=c.train.d_steps, ema=c.train.ema), train.data_mesh(jax.devices()[:1]))
     start = time.perf_counter()
     step.lower(state, batch).compile()
-    out[depth] = time.perf_counter() - start
-    print(f"  compile at depth {depth}: {out[depth]:.1f} s", flush=True)
-  return out
+    seconds.append(time.perf_counter() - start)
+    print(f"  compile at depth {depth}: {seconds[-1]:.1f} s", flush=True)
+  return dict(zip(depths, seconds[1:]))
 
 
 def bench_sample(config, batches: list[int], matmul: float) -> dict:
   """Images/s of the jitted ``sample`` per batch size, one image's latency, utilisation."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from dallex import noise  # pylint: disable=import-outside-toplevel
-  from dallex.models import build_models  # pylint: disable=import-outside-toplevel
-  from dallex.sampling import sample  # pylint: disable=import-outside-toplevel
-  from dallex.text import ByteTokenizer  # pylint: disable=import-outside-toplevel
   m = config.model
   generator, _ = build_models(m, config.data.resolution)
   ids, mask = ByteTokenizer(m.text.max_length).encode(["a small red circle on the left"])
@@ -224,7 +216,6 @@ def bench_sample(config, batches: list[int], matmul: float) -> dict:
 
 def bench_input(config, batches: int = 100) -> dict:
   """Batches/s of the input pipeline alone (the training config's settings)."""
-  from dallex.data import pipeline, sources  # pylint: disable=import-outside-toplevel
   source = sources.open_source(config.data, config.data.train_split)
   it = iter(pipeline.make_dataset(
       source, batch_size=config.train.batch_size, resolution=config.data.resolution,
@@ -240,7 +231,6 @@ def bench_input(config, batches: int = 100) -> dict:
 
 def bench_devices_here(config, counts: list[int]) -> dict:
   """Images/s of the train step data-parallel over the first k devices, per k."""
-  import jax  # pylint: disable=import-outside-toplevel
   out = {}
   for k in counts:
     step, state, batch, b = _train_setup(config, jax.devices()[:k])
@@ -282,8 +272,6 @@ def _print_table(results: dict) -> None:
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)
-  import jax  # pylint: disable=import-outside-toplevel
-  from dallex.models import compute_dtype  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
   if FLAGS.devices_worker:
     counts = [int(x) for x in FLAGS.devices.split(",")]

@@ -1,7 +1,8 @@
 """Draws images for prompts from a trained run's EMA generator.
 
     python -m experiments.sample --workdir runs/shapes32 --prompt "a small red circle on the left" \\
-        [--prompt ...] [--prompts_file F] --seed 0 --num_per_prompt 4 --out grid.png [--out_npz images.npz]
+        [--prompt ...] [--prompts_file F] --seed 0 --num_per_prompt 4 --out grid.png [--out_npz images.npz] \\
+        [--step N]
 """
 
 import numpy as np
@@ -18,6 +19,7 @@ flags.DEFINE_integer("num_per_prompt", 4, "Images per prompt (one grid row each)
 flags.DEFINE_float("truncation", 1.0, "Noise truncation.")
 flags.DEFINE_string("out", "grid.png", "PNG grid to write.")
 flags.DEFINE_string("out_npz", None, "Also write images (uint8 [N,H,W,3]) and prompts here.")
+flags.DEFINE_integer("step", None, "Use this checkpoint (default: the newest).")
 FLAGS = flags.FLAGS
 
 
@@ -38,7 +40,7 @@ def main(argv):
   prompts = list(FLAGS.prompt) + (read_prompts(FLAGS.prompts_file) if FLAGS.prompts_file else [])
   if not prompts:
     raise SystemExit("give at least one --prompt or a --prompts_file")
-  sampler = load(FLAGS.workdir)
+  sampler = load(FLAGS.workdir, step=FLAGS.step)
   images = sampler.generate(prompts, FLAGS.seed, FLAGS.num_per_prompt, FLAGS.truncation)
   scale = max(1, 64 // images.shape[1])
   path = visualize.save_png(visualize.make_grid(images, FLAGS.num_per_prompt), FLAGS.out, scale)

@@ -43,3 +43,39 @@ def test_worst_samples_sheet_and_table(tmp_path):
   assert lines[0].split() == ["test", "heldout"]
   assert lines[1].split() == ["object_accuracy", "0.5000", "0.2500"]
   assert lines[2].split() == ["num_images", "3", "-"]
+
+
+class _CopySampler:
+  """Stands in for a trained sampler: 'generates' the eval set's own images."""
+  d_params = None
+
+  def __init__(self, images):
+    self.images = images
+
+  def generate(self, captions, seed=0, batch_size=64):
+    del seed, batch_size
+    return self.images[:len(captions)]
+
+
+def test_fid_of_the_real_images_is_zero_and_their_features_are_cached(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
+  eval_set = evaluate.EvalSet("toy/test", ["caption"] * 60, None, images)
+  calls = []
+
+  def features(batch):  # a stand-in feature network: 16 fixed random projections
+    calls.append(len(batch))
+    flat = batch.reshape(len(batch), -1).astype(np.float64) / 255.0
+    return flat @ np.random.default_rng(1).normal(size=(flat.shape[1], 16))
+
+  kwargs = dict(inception=features, inception_id="toy-weights", fid_cache=str(tmp_path))
+  result = evaluate.evaluate(_CopySampler(images), eval_set, **kwargs)
+  assert abs(result.metrics["fid"]) < 1e-6
+  same_kid = result.metrics["kid"]
+  assert "object_accuracy" not in result.metrics and result.scores is None
+  first_calls = len(calls)
+  shifted = np.clip(images.astype(int) + 60, 0, 255).astype(np.uint8)
+  result = evaluate.evaluate(_CopySampler(shifted), eval_set, **kwargs)
+  # The real images' features came from the cache: only the generated ones were computed.
+  assert len(calls) == first_calls + first_calls // 2
+  assert result.metrics["fid"] > 1.0 and result.metrics["kid"] > same_kid + 1.0

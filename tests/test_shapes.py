@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dallex.data import shapes
-from dallex.data.shapes_builder import DallexShapes, ShapesConfig
+from dallex.data.shapes_builder import DallexShapes
 
 
 def _scenes(n, resolution=32, **kwargs):

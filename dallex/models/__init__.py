@@ -63,7 +63,8 @@ def build_models(model, resolution: int) -> tuple[nn.Module, nn.Module]:
       resolution=resolution, z_dim=model.z_dim, ca_dim=model.ca_dim, style_dim=g.style_dim,
       mapping_depth=g.mapping_depth, grid=g.grid, width=g.width, depth=g.depth,
       num_heads=g.heads, mlp_ratio=g.mlp_ratio, base_channels=g.base_channels,
-      min_channels=g.min_channels, conditioning_augmentation=g.get("conditioning_augmentation", True),
+      min_channels=g.min_channels,
+      conditioning_augmentation=g.get("conditioning_augmentation", True),
       scan=model.scan, remat=model.remat, dtype=dtype)
   if d.text_source not in ("own", "generator"):
     raise ValueError(f"model.discriminator.text_source must be 'own' or 'generator', "
