@@ -135,13 +135,15 @@ def _abstract_params(config: ml_collections.ConfigDict, generator, discriminator
                                   sentence)
 
 
-def load(workdir: str, with_discriminator: bool = False, step: int | None = None) -> Sampler:
+def load(workdir: str, with_discriminator: bool = False, step: int | None = None,
+         ema: bool = True) -> Sampler:
   """The sampler of the newest readable checkpoint in ``workdir`` (or of ``step``).
 
   Args:
     workdir: a training workdir (config.json and checkpoints/).
     with_discriminator: also restore the discriminator (for ``Sampler.embed``).
     step: restore this checkpoint and no other.
+    ema: the EMA generator (default) or, if False, the online one being trained.
 
   Raises:
     FileNotFoundError: no config.json or no checkpoint in the workdir.
@@ -171,7 +173,8 @@ def load(workdir: str, with_discriminator: bool = False, step: int | None = None
     discriminator = None
   g_shapes, d_shapes = _abstract_params(config, generator, discriminator)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = {"ema_params": g_shapes}
+  g_name = "ema_params" if ema else "g_params"
+  target = {g_name: g_shapes}
   if discriminator is not None:
     target["d_params"] = d_shapes
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
@@ -183,7 +186,7 @@ def load(workdir: str, with_discriminator: bool = False, step: int | None = None
             state=ocp.args.PyTreeRestore(
                 item=target, partial_restore=True,
                 restore_args=ocp.checkpoint_utils.construct_restore_args(target))))["state"]
-        return Sampler(config, generator, restored["ema_params"], candidate, discriminator,
+        return Sampler(config, generator, restored[g_name], candidate, discriminator,
                        restored.get("d_params"))
       except Exception as e:  # Damaged or incompatible: try an older one, then report all.
         errors.append(f"{directory}/{candidate}: {type(e).__name__}: {str(e)[:300]}")

@@ -30,13 +30,14 @@ flags.DEFINE_string("fid_cache", os.path.expanduser("~/.cache/dallex/fid"),
 flags.DEFINE_string("data_dir", None, "Override the run's data.data_dir.")
 flags.DEFINE_integer("batch_size", 64, "Generation batch size.")
 flags.DEFINE_integer("step", None, "Evaluate this checkpoint (default: the newest).")
+flags.DEFINE_bool("ema", True, "Evaluate the EMA generator (--noema: the online one).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only managers.
-  sampler = load(FLAGS.workdir, with_discriminator=True, step=FLAGS.step)
+  sampler = load(FLAGS.workdir, with_discriminator=True, step=FLAGS.step, ema=FLAGS.ema)
   data = sampler.config.data
   if FLAGS.data_dir:
     data.data_dir = FLAGS.data_dir
@@ -57,7 +58,7 @@ def main(argv):
     results[split] = result.metrics
     first = first or result
   report = dict(workdir=os.path.abspath(FLAGS.workdir), step=sampler.step, seed=FLAGS.seed,
-                num=FLAGS.num, splits=results)
+                num=FLAGS.num, ema=FLAGS.ema, splits=results)
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   with open(FLAGS.out, "w") as f:
     json.dump(report, f, indent=2)

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -41,6 +42,9 @@ def test_load_generates_images_and_embeddings(tiny_run):
   with pytest.raises(ValueError, match="with_discriminator=True"):
     dallex.load(str(tiny_run[0])).embed(images, ["a"])
   assert dallex.load(str(tiny_run[0]), step=4).step == 4
+  online = dallex.load(str(tiny_run[0]), ema=False)  # the generator being trained
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(online.params),
+                                                      jax.tree.leaves(sampler.params)))
   with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 5 in .* \(it has \[6, 4, 2\]\)"):
     dallex.load(str(tiny_run[0]), step=5)
 

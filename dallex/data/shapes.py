@@ -92,20 +92,24 @@ def cell_center(cell: str) -> tuple[float, float]:
   return ((col + 0.5) / 3.0, (row + 0.5) / 3.0)
 
 
-def object_mask(obj: ShapeObject, resolution: int) -> np.ndarray:
-  """bool [R, R]: the pixels whose centres lie inside the object (no anti-aliasing)."""
-  coords = (np.arange(resolution, dtype=np.float64) + 0.5) / resolution
-  x = coords[None, :] - obj.center[0]
-  y = coords[:, None] - obj.center[1]
-  half = obj.side / 2.0
-  if obj.shape == "circle":
+def inside(shape: str, x: np.ndarray, y: np.ndarray, half: np.ndarray | float) -> np.ndarray:
+  """Whether points at offsets (x, y) from a shape's centre lie inside it, for a
+  bounding box of side 2 * half (all broadcast together)."""
+  if shape == "circle":
     return x * x + y * y <= half * half
-  if obj.shape == "square":
+  if shape == "square":
     return (np.abs(x) <= half) & (np.abs(y) <= half)
   # Upward triangle: apex at the top centre, base along the bottom edge; its
   # half-width grows linearly from 0 at the apex to `half` at the base.
   depth = y + half
-  return (depth >= 0) & (depth <= obj.side) & (np.abs(x) <= depth / 2.0)
+  return (depth >= 0) & (depth <= 2 * half) & (np.abs(x) <= depth / 2.0)
+
+
+def object_mask(obj: ShapeObject, resolution: int) -> np.ndarray:
+  """bool [R, R]: the pixels whose centres lie inside the object (no anti-aliasing)."""
+  coords = (np.arange(resolution, dtype=np.float64) + 0.5) / resolution
+  return inside(obj.shape, coords[None, :] - obj.center[0], coords[:, None] - obj.center[1],
+                obj.side / 2.0)
 
 
 def render(objects: Sequence[ShapeObject], resolution: int) -> np.ndarray:

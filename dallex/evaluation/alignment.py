@@ -6,12 +6,12 @@ reads an image the way the shapes spec (``dallex.data.shapes``) draws one:
 1. foreground = pixels whose brightest channel is at least ``FOREGROUND``;
    8-connected components smaller than ``MIN_AREA`` x R^2 are noise;
 2. each component is an object: its colour is the palette colour nearest its
-   median RGB; its shape and side are those of the spec template (circle,
-   square, triangle drawn by ``shapes.object_mask``) with the highest IoU over
-   a small grid of centres and sides around the component's bounding box; its
-   size is small or large by that side (threshold halfway between the largest
-   small and the smallest large side of the spec);
-   its cell is where its bounding-box centre falls on the 3x3 grid;
+   median RGB; its shape and side are those of the template (circle, square,
+   triangle, drawn with the renderer's own ``shapes.inside``) with the highest
+   IoU over a small grid of centres and sides around the component's bounding
+   box; its size is small or large by that side (threshold halfway between
+   the largest small and the smallest large side of the spec); its cell is
+   where its bounding-box centre falls on the 3x3 grid;
 3. intended objects are matched one-to-one to detected ones so that the most
    attributes agree; an intended object without a match is missing (every
    attribute wrong) and detected objects left over are extras.
@@ -120,15 +120,9 @@ def _fit_template(component: np.ndarray, box: tuple[slice, slice],
   x = ((np.arange(c0, c1) + 0.5) / resolution)[None, None, :] - (cx + dx)[:, None, None]
   y = ((np.arange(r0, r1) + 0.5) / resolution)[None, :, None] - (cy + dy)[:, None, None]
   half = (s / 2.0)[:, None, None]
-  depth = y + half
-  templates = {
-      "circle": x * x + y * y <= half * half,
-      "square": (np.abs(x) <= half) & (np.abs(y) <= half),
-      "triangle": (depth >= 0) & (depth <= 2 * half) & (np.abs(x) <= depth / 2.0),
-  }
   best = ("", 0.0, -1.0)
   for name in shapes.SHAPES:
-    t = templates[name]
+    t = shapes.inside(name, x, y, half)
     iou = np.sum(t & window, axis=(1, 2)) / np.maximum(np.sum(t | window, axis=(1, 2)), 1)
     top = float(iou.max())
     if top > best[2] + 1e-9:
@@ -145,7 +139,7 @@ def detect(image: np.ndarray) -> list[Detected]:
     raise TypeError(f"image must be uint8, got {image.dtype}")
   resolution = image.shape[0]
   foreground = image.max(axis=-1) >= FOREGROUND
-  labels, count = scipy.ndimage.label(foreground, structure=np.ones((3, 3), bool))
+  labels, _ = scipy.ndimage.label(foreground, structure=np.ones((3, 3), bool))
   found = []
   for index, box in enumerate(scipy.ndimage.find_objects(labels), start=1):
     component = labels == index
@@ -160,7 +154,6 @@ def detect(image: np.ndarray) -> list[Detected]:
     col = min(2, int((cols.start + cols.stop) / 2.0 / resolution * 3))
     row = min(2, int((rows.start + rows.stop) / 2.0 / resolution * 3))
     found.append(Detected(colour, shape, size, shapes.CELLS[3 * row + col], area, side, iou))
-  del count
   return sorted(found, key=lambda d: -d.area)
 
 

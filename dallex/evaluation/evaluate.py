@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from dallex.data import shapes, sources
 from dallex.data.images import center_crop_resize
@@ -115,7 +116,6 @@ def reference_stats(eval_set: EvalSet, inception: FeatureFn, cache_dir: str | No
 def inception_features(inception: FeatureFn, images: np.ndarray, batch_size: int = 50,
                        desc: str = "features") -> np.ndarray:
   """float64 [N, 2048] in batches of one shape (the last is padded), with a progress bar."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   out = []
   for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
     batch = images[start:start + batch_size]
@@ -140,7 +140,7 @@ def evaluate(sampler, eval_set: EvalSet, seed: int = 0, *, inception: FeatureFn 
     fid_cache: folder for cached reference features (None: no cache).
   """
   images = sampler.generate(eval_set.captions, seed=seed, batch_size=batch_size)
-  metrics: dict[str, float] = {"num_samples": len(images)}
+  metrics: dict[str, float] = {"num_images": len(images)}
   scores, notes = None, [""] * len(images)
   if eval_set.intended is not None:
     verdicts = [alignment.check(im, objs) for im, objs in zip(images, eval_set.intended)]
