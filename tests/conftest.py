@@ -82,7 +82,7 @@ def tiny_run(full_shapes_r32, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("tiny_run") / "run"
   out = train_cli(workdir, str(full_shapes_r32.data_dir_root), "--config.train.steps=6",
                   "--config.train.sample_every=3", "--config.evals.every=3",
-                  "--config.evals.num=8")
+                  "--config.evals.num=8", "--config.evals.batch_size=8")
   return workdir, out.stdout
 
 

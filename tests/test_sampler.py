@@ -113,6 +113,7 @@ def test_bad_prompts_files_are_named(tmp_path):
 def test_evaluate_cli_writes_json_table_and_worst_samples(tiny_run, full_shapes_r32, tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "experiments.evaluate", f"--workdir={tiny_run[0]}", "--num=12",
+       "--batch_size=12",
        f"--out={tmp_path / 'eval.json'}", f"--data_dir={full_shapes_r32.data_dir_root}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
