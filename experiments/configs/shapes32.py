@@ -3,7 +3,7 @@ r"""The default model on the built-in shapes at 32 px: what `make demo` trains.
     python -m experiments.train --config experiments/configs/shapes32.py --workdir runs/shapes32
     python -m experiments.evaluate --workdir runs/shapes32 --num 2000 --out runs/shapes32/eval.json
 
-Budget: about 10 minutes on 2 CPU cores (800 steps of 32 images at 1-2.3
+Budget: about 11 minutes on 2 CPU cores (800 steps of 32 images at 1-2.3
 steps/s after about a minute of compiling). It reaches objects in the right
 cell about 70% of the time, but colour, shape and size only partly, and every
 attribute of an object right for about 6% of one-object captions: far from
