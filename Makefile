@@ -26,8 +26,9 @@ demo: $(STAMP)
 	  --out runs/shapes32/demo.png
 
 # pytest exits 5 when it collects no test; that is a failure of the suite, not a pass.
+# Much of the suite is single-threaded XLA compilation, so one worker per core.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --numprocesses=auto --maxprocesses=4
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

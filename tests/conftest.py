@@ -1,10 +1,17 @@
-"""Shared fixtures: small datasets built once per test session."""
+"""Shared fixtures: small datasets built once per test session.
+
+`make test` runs the suite in several pytest-xdist workers; the expensive
+fixtures are built by the first worker that needs them and reused by the rest.
+"""
 
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
 
+import filelock
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,14 +23,40 @@ os.environ.setdefault("DALLEX_DATA_DIR", "/nonexistent-dallex-data-dir")
 # backend compiles a train step 2x faster. Set before jax is imported; the
 # subprocesses tests start inherit it, and share one compilation cache so a
 # program compiled by one of them is not compiled again.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_backend_optimization_level=0").strip()
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      tempfile.mkdtemp(prefix="dallex-test-jax-cache-"))
+# pytest-xdist workers inherit both from the controller.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_backend_optimization_level=0").strip()
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dallex-test-jax-cache-")
+  os.environ["DALLEX_TEST_OWNS_JAX_CACHE"] = str(os.getpid())
 
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: minutes of training; runs only with DALLEX_SLOW_TESTS=1")
+
+
+def pytest_unconfigure(config):
+  """The process that made the compilation cache removes it."""
+  del config
+  if os.environ.get("DALLEX_TEST_OWNS_JAX_CACHE") == str(os.getpid()):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+def shared_dir(tmp_path_factory, name: str, build) -> pathlib.Path:
+  """A folder that ``build(path)`` fills once per test session, however many
+  xdist workers ask for it (they share the parent of their own temp folders)."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  path = root / name
+  with filelock.FileLock(str(path) + ".lock"):
+    if not (root / (name + ".done")).exists():
+      shutil.rmtree(path, ignore_errors=True)
+      path.mkdir()
+      build(path)
+      (root / (name + ".done")).touch()
+  return path
 
 
 def pytest_collection_modifyitems(config, items):
@@ -54,9 +87,8 @@ def tiny_shapes(tmp_path_factory):
 def full_shapes_r32(tmp_path_factory):
   """The real 32-pixel ``dallex_shapes`` build (about 30 s): the builder."""
   from dallex.data.shapes_builder import DallexShapes
-  builder = DallexShapes(config="r32", data_dir=str(tmp_path_factory.mktemp("shapes_r32")))
-  builder.download_and_prepare()
-  return builder
+  build = lambda path: DallexShapes(config="r32", data_dir=str(path)).download_and_prepare()
+  return DallexShapes(config="r32", data_dir=str(shared_dir(tmp_path_factory, "shapes_r32", build)))
 
 
 def train_cmd(workdir, data_dir, *overrides):
@@ -79,11 +111,13 @@ def tiny_run(full_shapes_r32, tmp_path_factory):
   """A finished 6-step CLI run of the tiny config on the real 32-px shapes, with
   samples and evals (8 test captions) at steps 3 and 6: (workdir, stdout).
   Tests must not change it (copy it first)."""
-  workdir = tmp_path_factory.mktemp("tiny_run") / "run"
-  out = train_cli(workdir, str(full_shapes_r32.data_dir_root), "--config.train.steps=6",
-                  "--config.train.sample_every=3", "--config.evals.every=3",
-                  "--config.evals.num=8", "--config.evals.batch_size=8")
-  return workdir, out.stdout
+  def build(path):
+    out = train_cli(path / "run", str(full_shapes_r32.data_dir_root), "--config.train.steps=6",
+                    "--config.train.sample_every=3", "--config.evals.every=3",
+                    "--config.evals.num=8", "--config.evals.batch_size=8")
+    (path / "stdout.txt").write_text(out.stdout)
+  path = shared_dir(tmp_path_factory, "tiny_run", build)
+  return path / "run", (path / "stdout.txt").read_text()
 
 
 def tiny_config(arch="dallex", resolution=32):
