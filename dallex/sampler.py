@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 
 from dallex import noise, visualize
 from dallex.models import build_models
-from dallex.sampling import sample
+from dallex.sampling import pad_rows, sample
 from dallex.text import ByteTokenizer
 
 
@@ -73,10 +73,9 @@ class Sampler:
     out = []
     for start in range(0, len(texts), batch_size):
       n = min(batch_size, len(texts) - start)
-      pad = batch_size - n
-      b_ids = np.concatenate([ids[start:start + n], np.repeat(ids[start:start + 1], pad, 0)])
-      b_mask = np.concatenate([mask[start:start + n], np.repeat(mask[start:start + 1], pad, 0)])
-      images = sample(self.generator, self.params, b_ids, b_mask, key,
+      rows = slice(start, start + n)
+      images = sample(self.generator, self.params, pad_rows(ids[rows], batch_size),
+                      pad_rows(mask[rows], batch_size), key,
                       z_dim=self.config.model.z_dim, ca_dim=self.config.model.ca_dim,
                       truncation=truncation, start_index=start)
       out.append(visualize.to_uint8(np.asarray(images)[:n]))
@@ -92,19 +91,18 @@ class Sampler:
     if source is None:
       raise ValueError(f"model.arch={self.config.model.arch!r} has no contrastive embedding heads")
     res = self.config.data.resolution
-    dummy_image = np.zeros((1, res, res, 3), np.uint8)
+    blank = np.zeros((1, res, res, 3), np.uint8)
     ids, mask = self.tokenizer.encode(list(prompts) or [""])
     images = np.asarray(images)
     n, m = len(images), len(prompts)
     image_emb, text_emb = [], []
     for start in range(0, max(n, m), batch_size):
-      # Images and captions are independent here; batches are padded to one shape.
-      b_img = np.concatenate([images[start:start + batch_size], dummy_image.repeat(batch_size, 0)])
-      b_ids = np.concatenate([ids[start:start + batch_size], ids[:1].repeat(batch_size, 0)])
-      b_mask = np.concatenate([mask[start:start + batch_size], mask[:1].repeat(batch_size, 0)])
+      # Images and captions are embedded independently, so either may run out first.
+      rows = slice(start, start + batch_size)
       img, txt = _embed(self.generator, self.discriminator, self.params, self.d_params,
-                        visualize.to_float(b_img[:batch_size]), b_ids[:batch_size],
-                        b_mask[:batch_size], text_source=source,
+                        visualize.to_float(pad_rows(images[rows], batch_size, blank)),
+                        pad_rows(ids[rows], batch_size, ids[:1]),
+                        pad_rows(mask[rows], batch_size, mask[:1]), text_source=source,
                         z_dim=self.config.model.z_dim, ca_dim=self.config.model.ca_dim)
       image_emb.append(np.asarray(img))
       text_emb.append(np.asarray(txt))

@@ -11,6 +11,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dallex import noise
 
@@ -32,3 +33,11 @@ def sample(generator: nn.Module, params, ids: jax.Array, mask: jax.Array, key: j
   index = start_index + jnp.arange(ids.shape[0])
   z, eps = noise.latents(key, index, z_dim, ca_dim, truncation)
   return generator.apply(params, ids, mask, z, eps).images
+
+
+def pad_rows(x: np.ndarray, size: int, fill: np.ndarray | None = None) -> np.ndarray:
+  """[n, ...] -> [size, ...] (n <= size), the new rows copies of ``fill`` [1, ...]
+  (default: the first row). A jitted function then sees one batch shape and
+  compiles once; the caller drops the padding from its output."""
+  fill = x[:1] if fill is None else fill
+  return np.concatenate([x, np.repeat(fill, size - len(x), 0)])

@@ -34,12 +34,9 @@ def test_frechet_distance_matches_scipy():
   assert abs(fid.frechet_distance(few, few)) < 1e-6 * np.trace(few.cov)
 
 
-def test_stats_round_trip_and_bad_input(tmp_path):
+def test_stats_are_float64_and_bad_input_is_named():
   stats = fid.FeatureStats.from_features(np.random.default_rng(0).normal(size=(50, 4)))
-  stats.save(str(tmp_path / "s" / "stats.npz"))
-  loaded = fid.FeatureStats.load(str(tmp_path / "s" / "stats.npz"))
-  np.testing.assert_array_equal(loaded.cov, stats.cov)
-  assert loaded.count == 50 and loaded.mean.dtype == np.float64
+  assert stats.count == 50 and stats.mean.dtype == stats.cov.dtype == np.float64
   with pytest.raises(ValueError, match=r"features must be \[N >= 2, D\]"):
     fid.FeatureStats.from_features(np.zeros((1, 4)))
   with pytest.raises(ValueError, match="feature sizes differ"):

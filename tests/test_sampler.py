@@ -39,6 +39,9 @@ def test_load_generates_images_and_embeddings(tiny_run):
   img_emb, txt_emb = sampler.embed(images, ["a", "b", "c"], batch_size=4)
   assert img_emb.shape == (4, 16) and txt_emb.shape == (3, 16)
   np.testing.assert_allclose(np.linalg.norm(img_emb, axis=1), 1.0, rtol=1e-5)
+  # Padding is dropped: in batches of 3 the last batch holds one image and no caption.
+  for a, b in zip((img_emb, txt_emb), sampler.embed(images, ["a", "b", "c"], batch_size=3)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
   with pytest.raises(ValueError, match="with_discriminator=True"):
     dallex.load(str(tiny_run[0])).embed(images, ["a"])
   assert dallex.load(str(tiny_run[0]), step=4).step == 4

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from dallex.data import shapes, sources
 from dallex.data.images import center_crop_resize
 from dallex.evaluation import alignment, fid, rprecision
+from dallex.sampling import pad_rows
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]
 
@@ -107,7 +108,7 @@ def reference_stats(eval_set: EvalSet, inception: FeatureFn, cache_dir: str | No
   features = inception_features(inception, eval_set.images, batch_size, "real features")
   if path:
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npz"
+    tmp = path + ".tmp.npz"  # written whole, then renamed: a crash leaves no half file
     np.savez(tmp, features=features)
     os.replace(tmp, path)
   return fid.FeatureStats.from_features(features), features
@@ -119,10 +120,7 @@ def inception_features(inception: FeatureFn, images: np.ndarray, batch_size: int
   out = []
   for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
     batch = images[start:start + batch_size]
-    n = len(batch)
-    if n < batch_size:
-      batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - n, 0)])
-    out.append(np.asarray(inception(batch), np.float64)[:n])
+    out.append(np.asarray(inception(pad_rows(batch, batch_size)), np.float64)[:len(batch)])
   return np.concatenate(out)
 
 

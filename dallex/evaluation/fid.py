@@ -12,7 +12,6 @@ few tenths depend on.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
@@ -30,17 +29,6 @@ class FeatureStats:
     if f.ndim != 2 or f.shape[0] < 2:
       raise ValueError(f"features must be [N >= 2, D], got {f.shape}")
     return cls(f.mean(axis=0), np.cov(f, rowvar=False), f.shape[0])
-
-  def save(self, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.npz"  # Written whole, then renamed: a crash leaves no half file.
-    np.savez(tmp, mean=self.mean, cov=self.cov, count=self.count)
-    os.replace(tmp, path)
-
-  @classmethod
-  def load(cls, path: str) -> "FeatureStats":
-    with np.load(path) as f:
-      return cls(f["mean"], f["cov"], int(f["count"]))
 
 
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
