@@ -9,6 +9,7 @@ import pytest
 from conftest import tiny_batch, tiny_config
 from dallex import noise
 from dallex.models import build_models
+from dallex.models.layers import dot_product_attention
 from dallex.objective import build_objective, init_params
 from dallex.text import PAD_ID
 
@@ -160,6 +161,35 @@ def test_bfloat16_compute_stays_close_to_float32():
   j32, _ = jax.jit(objective.discriminator.apply)(d_params, out32.images, batch["ids"], batch["mask"])
   j16, _ = jax.jit(d16.apply)(d_params, out32.images, batch["ids"], batch["mask"])
   np.testing.assert_allclose(j16.logit, j32.logit, atol=0.05 + 0.05 * float(jnp.abs(j32.logit).max()))
+
+
+def test_attention_is_the_masked_softmax_formula_with_its_gradient():
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, l, 3, 4)) * 3, jnp.float32) for l in (5, 6, 6))
+  mask = jnp.asarray([[1, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0]], bool)  # row 2: nothing visible
+
+  def textbook(q, k, v, mask):
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / 2.0
+    logits = np.where(mask[:, None, None, :], logits, -np.inf)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    return np.einsum("bhqk,bkhd->bqhd", w / w.sum(-1, keepdims=True), v)
+
+  out = dot_product_attention(q, k, v, mask)
+  np.testing.assert_allclose(out[:1], textbook(*(np.asarray(x[:1]) for x in (q, k, v, mask))),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(out[1], 0.0)
+  # Masked keys get exactly zero weight: their values do not reach the output.
+  np.testing.assert_array_equal(dot_product_attention(q, k, v.at[0, 2].set(1e6), mask), out)
+  # Gradients are those of jax.nn.softmax attention (the max is held constant),
+  # and nothing flows back through the row that sees no key.
+  ref = lambda q, k, v: jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(jnp.where(
+      mask[:1, None, None, :], jnp.einsum("bqhd,bkhd->bhqk", q, k) / 2.0, -1e30), -1), v)
+  loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)[:1]))
+  grads = jax.grad(loss(lambda *a: dot_product_attention(*a, mask)), (0, 1, 2))(q, k, v)
+  for a, b in zip(grads, jax.grad(loss(ref), (0, 1, 2))(q[:1], k[:1], v[:1])):
+    np.testing.assert_allclose(a[:1], b, rtol=1e-4, atol=1e-5)
+  full = jax.grad(lambda *a: jnp.sum(jnp.sin(dot_product_attention(*a, mask))), (0, 1, 2))(q, k, v)
+  assert all(np.all(g[1] == 0) for g in full)
 
 
 def test_scan_and_remat_compute_the_same_function():
