@@ -3,8 +3,8 @@ r"""The default model on the built-in shapes at 32 px: what `make demo` trains.
     python -m experiments.train --config experiments/configs/shapes32.py --workdir runs/shapes32
     python -m experiments.evaluate --workdir runs/shapes32 --num 2000 --out runs/shapes32/eval.json
 
-Budget: about 11 minutes on 2 CPU cores (800 steps of 32 images at 1-2.3
-steps/s after about a minute of compiling). It reaches objects in the right
+Budget: 5 to 11 minutes on 2 CPU cores, as fast as the VM runs that hour
+(800 steps of 32 images at 1-3.6 steps/s after 15-40 s of compiling). It reaches objects in the right
 cell about 70% of the time, but colour, shape and size only partly, and every
 attribute of an object right for about 6% of one-object captions: far from
 the quality goal. RESULTS.md has the measurements, the curve to 1,600 steps
