@@ -9,6 +9,7 @@ import pytest
 from conftest import tiny_batch, tiny_config
 from dallex import noise
 from dallex.models import build_models
+from dallex.models.generator import inward_clip
 from dallex.models.layers import dot_product_attention
 from dallex.objective import build_objective, init_params
 from dallex.text import PAD_ID
@@ -71,6 +72,16 @@ def test_images_are_in_range(arch):
   _, objective, batch, g_params, _ = _setup(arch)
   images = _generate(objective, g_params, batch["ids"], batch["mask"]).images
   assert float(jnp.abs(images).max()) <= 1.0 and float(images.std()) > 1e-3
+
+
+def test_output_clip_passes_only_gradients_that_point_back_into_range():
+  x = jnp.array([-3.0, -3.0, -0.5, 0.5, 2.0, 2.0])
+  g = jnp.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])   # descent moves x by -g
+  y, vjp = jax.vjp(inward_clip, x)
+  np.testing.assert_array_equal(y, [-1.0, -1.0, -0.5, 0.5, 1.0, 1.0])
+  # Below -1, g = 1 would push further down: blocked; g = -1 pulls up: passed.
+  # Inside: identity. Above 1, g = -1 would push further up: blocked.
+  np.testing.assert_array_equal(vjp(g)[0], [0.0, -1.0, 1.0, -1.0, 1.0, 0.0])
 
 
 def test_resolution_must_be_grid_times_power_of_two():

@@ -64,7 +64,7 @@ def test_non_finite_step_changes_nothing_and_is_counted(loop_step):
                                    == 5, np.nan, batch["image"]).astype(np.float32))
   before = jax.tree.map(np.asarray, state)
   s1, m1 = step(state, loop_step.put(bad))
-  assert float(m1["finite"]) == 0.0
+  assert float(m1["finite"]) == 0.0 and np.isnan(float(m1["d_grad_norm"]))
   assert int(s1.step) == 1 and int(s1.nonfinite) == 1 and int(s1.nonfinite_total) == 1
   for a, b in zip(jax.tree.leaves((before.g_params, before.d_params, before.g_opt_state,
                                    before.d_opt_state, before.ema_params)),
@@ -75,6 +75,7 @@ def test_non_finite_step_changes_nothing_and_is_counted(loop_step):
   assert int(s2.nonfinite) == 2
   s3, m3 = step(s2, loop_step.put(batch))  # a good step resets the run, not the total
   assert float(m3["finite"]) == 1.0 and int(s3.nonfinite) == 0 and int(s3.nonfinite_total) == 2
+  assert 0 < float(m3["d_grad_norm"]) < np.inf and 0 < float(m3["g_grad_norm"]) < np.inf
   changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before.g_params),
                                                       jax.tree.leaves(s3.g_params))]
   assert all(changed)
