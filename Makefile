@@ -15,10 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Train the default model on the built-in shapes (resumes if runs/shapes32 has
-# checkpoints), then draw a grid: one row per prompt, four seeds each.
+# Train the default model on the built-in shapes for at most 15 minutes (resumes
+# if runs/shapes32 has checkpoints), then draw a grid: one row per prompt, four
+# seeds each.
 demo: $(STAMP)
-	$(BIN)/python -m experiments.train --config experiments/configs/shapes32.py --workdir runs/shapes32
+	$(BIN)/python -m experiments.train --config experiments/configs/shapes32.py --workdir runs/shapes32 \
+	  --config.train.max_minutes=15
 	$(BIN)/python -m experiments.sample --workdir runs/shapes32 --num_per_prompt 4 \
 	  --prompt "a small red circle on the left" --prompt "a large blue square at the top" \
 	  --prompt "a small yellow triangle in the center" \

@@ -74,6 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
       log_every=50,
       sample_every=500,
       max_nonfinite=20,       # stop after this many non-finite steps in a row
+      max_minutes=0.0,        # stop (and save) after this wall time per call; 0 = none
   ))
 
   c.sample = ml_collections.ConfigDict(dict(

@@ -6,7 +6,9 @@ TensorBoard events), draws a sample grid for fixed prompts and seeds every
 ``train.sample_every`` steps, evaluates (``dallex.evaluation``) every
 ``evals.every`` steps, checkpoints every ``train.checkpoint_every`` steps, at
 the end and on SIGTERM/SIGINT, and stops with ``NonFiniteError`` after
-``train.max_nonfinite`` non-finite steps in a row. With several JAX
+``train.max_nonfinite`` non-finite steps in a row. ``train.max_minutes``
+caps the wall time of one invocation (checked at log steps; the run saves
+and leaves as on a signal, and a later call resumes). With several JAX
 processes, each reads its own shard of the data, process 0 alone writes logs
 and images, and all take part in checkpoints.
 
@@ -29,6 +31,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from dallex import checkpoint, train, visualize
 from dallex.data import pipeline, sources
@@ -88,6 +91,15 @@ class _Writer:
       self._tb.close()
 
 
+def _out_of_time(entered: float, max_minutes: float) -> bool:
+  """Whether ``max_minutes`` have passed since ``entered``, by process 0's clock,
+  so that every process stops after the same step."""
+  late = np.array(time.time() - entered >= 60.0 * max_minutes)
+  if jax.process_count() > 1:
+    late = multihost_utils.broadcast_one_to_all(late)
+  return bool(late)
+
+
 def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
   """This process's rows -> one global array per field, sharded over ``data``."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
@@ -105,6 +117,7 @@ def sample_grid(objective: GanObjective, params: Any, config: ml_collections.Con
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in ``workdir``; returns a summary dict."""
+  entered = time.time()
   t = config.train
   lead = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -191,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if lead:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     progress = tqdm(total=t.steps, initial=start, desc="train", dynamic_ncols=True)
-  last_sample, stopped_by, step = None, None, start
+  last_sample, stopped_by, out_of_time, step = None, None, False, start
   started = window_start = time.time()
   window_step = start
   try:
@@ -207,6 +220,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.write(step, values)
           if progress is not None:
             progress.set_postfix(d=f"{values['d_loss']:.3f}", g=f"{values['g_loss']:.3f}")
+          out_of_time = bool(t.max_minutes) and _out_of_time(entered, t.max_minutes)
+          if out_of_time:
+            stopped_by = f"the time limit of {t.max_minutes:g} min"
         streak = int(np.asarray(state.nonfinite).reshape(-1)[0])
         if streak >= t.max_nonfinite:
           raise NonFiniteError(
@@ -224,10 +240,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           save(step)
         if stop.received is not None:
           stopped_by = signal.Signals(stop.received).name
+        if stopped_by:
           break
     if not ckpt.all_steps() or max(ckpt.all_steps()) != step:
       save(step)
-    if step == t.steps and (last_sample is None or not last_sample.endswith(f"{step:07d}.png")):
+    drawn = last_sample is not None and last_sample.endswith(f"{step:07d}.png")
+    if (step == t.steps or out_of_time) and not drawn:
       last_sample = draw(step)
   finally:
     ckpt.close()

@@ -101,6 +101,15 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, data_dir):
   assert _metrics(workdir)[-1]["step"] == saved[0] + 2
 
 
+def test_time_limit_saves_and_stops_at_a_log_step(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  out = _train(workdir, data_dir, "--config.train.steps=100000", "--config.train.log_every=2",
+               "--config.train.max_minutes=0.0001", "--config.train.sample_every=0")
+  assert "dallex: step 2/100000 (stopped by the time limit of 0.0001 min)" in out.stdout
+  assert os.listdir(workdir / "checkpoints") == ["2"]
+  assert os.listdir(workdir / "samples") == ["step_0000002.png"]  # a finished run's grid
+
+
 def test_repeated_non_finite_steps_stop_the_run(tmp_path, data_dir):
   workdir = tmp_path / "run"
   # An absurd learning rate overflows the parameters after the first update.
