@@ -125,6 +125,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
+  if t.max_minutes < 0:
+    raise ValueError(f"train.max_minutes must be >= 0 (0 for no limit), got {t.max_minutes}")
   if t.parallel not in ("jit", "pmap"):
     raise ValueError(f"train.parallel must be 'jit' or 'pmap', got {t.parallel!r}")
   train.check_batch_size(t.batch_size, jax.device_count())

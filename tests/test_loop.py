@@ -108,6 +108,8 @@ def test_time_limit_saves_and_stops_at_a_log_step(tmp_path, data_dir):
   assert "dallex: step 2/100000 (stopped by the time limit of 0.0001 min)" in out.stdout
   assert os.listdir(workdir / "checkpoints") == ["2"]
   assert os.listdir(workdir / "samples") == ["step_0000002.png"]  # a finished run's grid
+  bad = _train(tmp_path / "bad", data_dir, "--config.train.max_minutes=-1", check=False)
+  assert bad.returncode != 0 and "train.max_minutes must be >= 0" in bad.stderr
 
 
 def test_repeated_non_finite_steps_stop_the_run(tmp_path, data_dir):
