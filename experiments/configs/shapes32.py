@@ -25,6 +25,8 @@ def get_config():
   c.model.generator.update(style_dim=128, width=64, depth=2, heads=4, base_channels=64,
                            min_channels=16)
   c.model.discriminator.update(base_channels=16, max_channels=128, hidden=128, embed_dim=64)
+  # Two-block stacks run unrolled (same parameter layout): 4% faster steps.
+  c.model.scan_unroll = 2
   # Two time scales: at 1e-3 for both the generator collapsed to black within
   # 20 steps, before D could tell a black image from a shapes image.
   c.optim.g.lr = 1e-4
