@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_batch, tiny_config
 from dallex import noise
 from dallex.models import build_models
-from dallex.models.generator import inward_clip
+from dallex.models.generator import inward_clip, upsample2x
 from dallex.models.layers import dot_product_attention
 from dallex.objective import build_objective, init_params
 from dallex.text import PAD_ID
@@ -82,6 +82,16 @@ def test_output_clip_passes_only_gradients_that_point_back_into_range():
   # Below -1, g = 1 would push further down: blocked; g = -1 pulls up: passed.
   # Inside: identity. Above 1, g = -1 would push further up: blocked.
   np.testing.assert_array_equal(vjp(g)[0], [0.0, -1.0, 1.0, -1.0, 1.0, 0.0])
+
+
+def test_upsampling_copies_each_pixel_to_a_2x2_block_and_sums_its_gradient_back():
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+  y = upsample2x(x)
+  np.testing.assert_array_equal(y, jax.image.resize(x, (2, 6, 10, 4), "nearest"))
+  np.testing.assert_array_equal(y[:, 1::2, ::2], x)
+  g = jax.random.normal(jax.random.key(1), y.shape)
+  block_sums = g.reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4))
+  np.testing.assert_allclose(jax.vjp(upsample2x, x)[1](g)[0], block_sums, rtol=1e-6)
 
 
 def test_resolution_must_be_grid_times_power_of_two():
@@ -203,15 +213,27 @@ def test_attention_is_the_masked_softmax_formula_with_its_gradient():
   assert all(np.all(g[1] == 0) for g in full)
 
 
-def test_scan_and_remat_compute_the_same_function():
+@pytest.mark.parametrize("change", [dict(remat=True), dict(scan_unroll=2), dict(scan_unroll=5)])
+def test_remat_and_unrolling_compute_the_same_function_from_the_same_parameters(change):
   config, objective, batch, g_params, _ = _setup()
-  config.model.remat = True
-  g_remat, _ = build_models(config.model, config.data.resolution)
-  z, eps = noise.latents(jax.random.key(1), jnp.arange(4), objective.z_dim, objective.ca_dim)
-  a = jax.jit(objective.generator.apply)(g_params, batch["ids"], batch["mask"], z, eps).images
-  b = jax.jit(g_remat.apply)(g_params, batch["ids"], batch["mask"], z, eps).images
-  np.testing.assert_allclose(a, b, atol=1e-6)
   assert jax.tree.leaves(g_params["params"]["transformer"])[0].shape[0] == 2  # scanned: depth axis
+  config.model.update(change)
+  other, _ = build_models(config.model, config.data.resolution)
+  z, eps = noise.latents(jax.random.key(1), jnp.arange(4), objective.z_dim, objective.ca_dim)
+  loss = lambda g: lambda p: jnp.sum(jnp.sin(g.apply(p, batch["ids"], batch["mask"], z, eps).images))
+  a, grad_a = jax.jit(jax.value_and_grad(loss(objective.generator)))(g_params)
+  b, grad_b = jax.jit(jax.value_and_grad(loss(other)))(g_params)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b)):
+    np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("unroll", [0, -2])
+def test_scan_unroll_must_be_a_positive_integer(unroll):
+  config = tiny_config("dallex", 32)
+  config.model.scan_unroll = unroll
+  with pytest.raises(ValueError, match=f"model.scan_unroll must be an integer >= 1, got {unroll}"):
+    build_models(config.model, 32)
 
 
 def test_conditioning_augmentation_samples_around_the_mean_and_can_be_switched_off():

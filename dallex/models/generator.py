@@ -37,6 +37,17 @@ def num_doublings(resolution: int, start: int) -> int:
   return n
 
 
+def upsample2x(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour x2 upsampling, [B, H, W, C] -> [B, 2H, 2W, C].
+
+  A broadcast and a reshape, so the backward pass is a sum over each 2x2
+  block. ``jax.image.resize(..., "nearest")`` gathers, and its backward
+  scatters: 4x slower forward and backward on CPU for shapes32's up blocks.
+  """
+  b, h, w, c = x.shape
+  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+
+
 @jax.custom_vjp
 def inward_clip(x: jax.Array) -> jax.Array:
   """clip(x, -1, 1) forward; backward, the gradient passes unless it would push
@@ -92,9 +103,11 @@ class UpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, style: jax.Array) -> jax.Array:
-    b, h, w, c = x.shape
-    x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
-    skip = nn.Conv(self.channels, (1, 1), dtype=self.dtype, name="skip")(x)
+    # A 1x1 convolution commutes with nearest upsampling: applied before it,
+    # the skip path does a quarter of the work (3-4x faster forward and
+    # backward at shapes32's sizes on CPU) and computes the same values.
+    skip = upsample2x(nn.Conv(self.channels, (1, 1), dtype=self.dtype, name="skip")(x))
+    x = upsample2x(x)
     for i in range(2):
       x = nn.Conv(self.channels, (3, 3), dtype=self.dtype, name=f"conv_{i}")(x)
       x = nn.leaky_relu(AdaIN(self.dtype, name=f"norm_{i}")(x, style), 0.2)
@@ -131,6 +144,7 @@ class Generator(nn.Module):
   conditioning_augmentation: bool = True
   scan: bool = True
   remat: bool = False
+  unroll: int = 1
   dtype: Dtype = jnp.float32
 
   def stage_channels(self) -> list[int]:
@@ -157,7 +171,7 @@ class Generator(nn.Module):
     x = grid[None] + nn.Dense(self.width, name="style_to_grid")(w)[:, None, :]
     context = nn.Dense(self.width, dtype=self.dtype, name="text_to_context")(text.tokens)
     x = TransformerStack(self.depth, self.num_heads, self.mlp_ratio, cross_attention=True,
-                         scan=self.scan, remat=self.remat, dtype=self.dtype,
+                         scan=self.scan, remat=self.remat, unroll=self.unroll, dtype=self.dtype,
                          name="transformer")(x.astype(self.dtype), None, context, mask, w)
     x = Norm(self.dtype, name="grid_norm")(x, w)
     x = x.reshape(batch, self.grid, self.grid, self.width)
