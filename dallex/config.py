@@ -26,8 +26,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       arch="dallex",          # dallex | seed
       dtype="float32",        # compute dtype; parameters stay float32
-      scan=True,              # nn.scan over Transformer blocks: compile time flat in depth
-      scan_unroll=1,          # blocks per scanned iteration; >= depth: straight-line code
+      scan=True,
       remat=False,
       z_dim=64,
       ca_dim=64,

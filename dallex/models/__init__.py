@@ -36,10 +36,10 @@ def compute_dtype(name: str):
   return _DTYPES[name]
 
 
-def _text_encoder(cfg, dtype, stack) -> TextEncoder:
+def _text_encoder(cfg, dtype, scan, remat) -> TextEncoder:
   return TextEncoder(vocab_size=VOCAB_SIZE, max_length=cfg.max_length, width=cfg.width,
                      depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-                     dtype=dtype, **stack)
+                     scan=scan, remat=remat, dtype=dtype)
 
 
 def build_models(model, resolution: int) -> tuple[nn.Module, nn.Module]:
@@ -57,23 +57,19 @@ def build_models(model, resolution: int) -> tuple[nn.Module, nn.Module]:
   if model.arch != "dallex":
     raise ValueError(f"model.arch must be 'dallex' or 'seed', got {model.arch!r}")
   dtype = compute_dtype(model.dtype)
-  unroll = model.get("scan_unroll", 1)  # configs saved before it existed lack it
-  if not isinstance(unroll, int) or unroll < 1:
-    raise ValueError(f"model.scan_unroll must be an integer >= 1, got {unroll!r}")
-  stack = dict(scan=model.scan, remat=model.remat, unroll=unroll)
   g, d = model.generator, model.discriminator
   generator = Generator(
-      text_encoder=_text_encoder(model.text, dtype, stack),
+      text_encoder=_text_encoder(model.text, dtype, model.scan, model.remat),
       resolution=resolution, z_dim=model.z_dim, ca_dim=model.ca_dim, style_dim=g.style_dim,
       mapping_depth=g.mapping_depth, grid=g.grid, width=g.width, depth=g.depth,
       num_heads=g.heads, mlp_ratio=g.mlp_ratio, base_channels=g.base_channels,
       min_channels=g.min_channels,
       conditioning_augmentation=g.get("conditioning_augmentation", True),
-      dtype=dtype, **stack)
+      scan=model.scan, remat=model.remat, dtype=dtype)
   if d.text_source not in ("own", "generator"):
     raise ValueError(f"model.discriminator.text_source must be 'own' or 'generator', "
                      f"got {d.text_source!r}")
-  d_text = _text_encoder(d.text, dtype, stack) if d.text_source == "own" else None
+  d_text = _text_encoder(d.text, dtype, model.scan, model.remat) if d.text_source == "own" else None
   discriminator = Discriminator(
       resolution=resolution, base_channels=d.base_channels, max_channels=d.max_channels,
       hidden=d.hidden, embed_dim=d.embed_dim, text_encoder=d_text, dtype=dtype)

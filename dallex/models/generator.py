@@ -144,7 +144,6 @@ class Generator(nn.Module):
   conditioning_augmentation: bool = True
   scan: bool = True
   remat: bool = False
-  unroll: int = 1
   dtype: Dtype = jnp.float32
 
   def stage_channels(self) -> list[int]:
@@ -171,7 +170,7 @@ class Generator(nn.Module):
     x = grid[None] + nn.Dense(self.width, name="style_to_grid")(w)[:, None, :]
     context = nn.Dense(self.width, dtype=self.dtype, name="text_to_context")(text.tokens)
     x = TransformerStack(self.depth, self.num_heads, self.mlp_ratio, cross_attention=True,
-                         scan=self.scan, remat=self.remat, unroll=self.unroll, dtype=self.dtype,
+                         scan=self.scan, remat=self.remat, dtype=self.dtype,
                          name="transformer")(x.astype(self.dtype), None, context, mask, w)
     x = Norm(self.dtype, name="grid_norm")(x, w)
     x = x.reshape(batch, self.grid, self.grid, self.width)

@@ -135,11 +135,6 @@ class TransformerStack(nn.Module):
 
   Scanned and unscanned stacks compute the same function; their parameters are
   laid out differently (stacked on a leading depth axis when scanned).
-  ``unroll`` blocks run per iteration of the scanned loop: 1 keeps compile
-  time flat in depth; ``unroll >= depth`` gives straight-line code with the
-  scanned parameter layout, which is faster for shallow stacks (no loop and
-  no stacked buffers of saved activations to fill: 4% of the shapes32 train
-  step on CPU).
   """
   depth: int
   num_heads: int
@@ -147,7 +142,6 @@ class TransformerStack(nn.Module):
   cross_attention: bool = False
   scan: bool = True
   remat: bool = False
-  unroll: int = 1
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -164,7 +158,6 @@ class TransformerStack(nn.Module):
       return x
     step_cls = nn.remat(_ScanStep) if self.remat else _ScanStep
     stack = nn.scan(step_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                    in_axes=(nn.broadcast,) * 4, length=self.depth,
-                    unroll=min(self.unroll, self.depth))
+                    in_axes=(nn.broadcast,) * 4, length=self.depth)
     x, _ = stack(**kwargs, name="blocks")(x, mask, context, context_mask, style)
     return x

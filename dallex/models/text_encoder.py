@@ -34,7 +34,6 @@ class TextEncoder(nn.Module):
   mlp_ratio: int = 4
   scan: bool = True
   remat: bool = False
-  unroll: int = 1
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -48,8 +47,7 @@ class TextEncoder(nn.Module):
                           (self.max_length, self.width))
     x = (x + position[:ids.shape[1]]).astype(self.dtype)
     x = TransformerStack(self.depth, self.num_heads, self.mlp_ratio, scan=self.scan,
-                         remat=self.remat, unroll=self.unroll, dtype=self.dtype,
-                         name="transformer")(x, mask)
+                         remat=self.remat, dtype=self.dtype, name="transformer")(x, mask)
     tokens = Norm(jnp.float32, name="final_norm")(x)
     weights = mask.astype(jnp.float32)[..., None]
     sentence = (tokens * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
