@@ -1,5 +1,5 @@
 """Trains 3 steps of the tiny model on a fixed global batch of 8, and saves the
-final parameters as one flat vector.
+parameters after each step as a [3, P] array (one flat vector per step).
 
     python multihost_train.py single OUT.npy
     python multihost_train.py PROCESS_ID OUT.npy PORT   # one of two processes
@@ -42,12 +42,13 @@ state = jax.jit(lambda k: train.create_train_state(objective, tx, tx, k, global_
                 out_shardings=replicated)(jax.random.key(0))
 step = train.jit_sharded_step(functools.partial(train.train_step, objective=objective, g_tx=tx,
                                                 d_tx=tx, seed=0), mesh)
+flats = []
 for batch in global_batches:
   local = {k: v[rows] for k, v in batch.items()}
   state, _ = step(state, {k: jax.make_array_from_process_local_data(sharded, v)
                           for k, v in local.items()})
-leaves = jax.tree.leaves((state.g_params, state.d_params))
-flat = np.concatenate([np.asarray(x.addressable_data(0)).ravel() for x in leaves])
-np.save(out_path, flat)
+  leaves = jax.tree.leaves((state.g_params, state.d_params))
+  flats.append(np.concatenate([np.asarray(x.addressable_data(0)).ravel() for x in leaves]))
+np.save(out_path, np.stack(flats))
 print("devices", jax.device_count(), "processes", jax.process_count(), "step", int(
     np.asarray(state.step.addressable_data(0))))
