@@ -19,8 +19,9 @@ def default_config() -> ml_collections.ConfigDict:
       train_split="train",
       image_key="image",      # other TFDS datasets: where image and captions live
       caption_key="captions/text",
-      num_threads=2,
+      num_threads=2,          # reader threads (per worker)
       prefetch=4,
+      num_workers=0,          # reader processes; >0 on many-core hosts (see pipeline.py)
   ))
 
   c.model = ml_collections.ConfigDict(dict(

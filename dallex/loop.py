@@ -137,7 +137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   dataset = pipeline.make_dataset(
       source, batch_size=t.batch_size // jax.process_count(), resolution=config.data.resolution,
       max_length=config.model.text.max_length, seed=config.seed,
-      num_threads=config.data.num_threads, prefetch=config.data.prefetch)
+      num_threads=config.data.num_threads, prefetch=config.data.prefetch,
+      num_workers=config.data.num_workers)
   data_iter = iter(dataset)
 
   mesh = train.data_mesh()
@@ -153,7 +154,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   restored = ckpt.restore_latest(checkpoint.abstract(state))
   if restored is not None:
     state = restored.state
-    data_iter.set_state(restored.data)
+    try:
+      data_iter.set_state(restored.data)
+    except (KeyError, TypeError, ValueError) as e:
+      # Grain's iterator state has one layout per reader count.
+      raise ValueError(
+          f"the input pipeline cannot resume from the data state in {ckpt.directory}/"
+          f"{restored.step} ({type(e).__name__}: {e}); resume with the data.num_workers "
+          f"of the run that saved it (now {config.data.num_workers}; 0 and >0 differ)") from e
     if lead:
       print(f"dallex: resuming from {ckpt.directory}/{restored.step}", flush=True)
   start = int(state.step)
@@ -250,6 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if (step == t.steps or out_of_time) and not drawn:
       last_sample = draw(step)
   finally:
+    data_iter.close()  # stops reader processes, if any
     ckpt.close()
     writer.close()
     if progress is not None:

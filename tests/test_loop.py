@@ -108,6 +108,11 @@ def test_time_limit_saves_and_stops_at_a_log_step(tmp_path, data_dir):
   assert "dallex: step 2/100000 (stopped by the time limit of 0.0001 min)" in out.stdout
   assert os.listdir(workdir / "checkpoints") == ["2"]
   assert os.listdir(workdir / "samples") == ["step_0000002.png"]  # a finished run's grid
+  # The data state of a pipeline read in-process does not fit one read by workers.
+  other = _train(workdir, data_dir, "--config.train.steps=4", "--config.data.num_workers=2",
+                 check=False)
+  assert other.returncode != 0 and "resume with the data.num_workers" in other.stderr
+  assert os.listdir(workdir / "checkpoints") == ["2"]  # the checkpoint is left as it was
   bad = _train(tmp_path / "bad", data_dir, "--config.train.max_minutes=-1", check=False)
   assert bad.returncode != 0 and "train.max_minutes must be >= 0" in bad.stderr
 

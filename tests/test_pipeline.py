@@ -90,11 +90,30 @@ def test_a_caption_is_chosen_per_visit_reproducibly():
         f"example {i} caption {j}" for j in range(3)}
 
 
+def test_worker_processes_give_the_same_batches_and_resume():
+  source = _memory_source(50)
+  expected = [next(it) for it in [iter(_dataset(source, seed=3))] for _ in range(12)]
+  it = iter(_dataset(source, seed=3, num_workers=2))
+  try:
+    assert _digest([next(it) for _ in range(8)]) == _digest(expected[:8])
+    state = it.get_state()
+  finally:
+    it.close()
+  resumed = iter(_dataset(source, seed=3, num_workers=2))
+  try:
+    resumed.set_state(state)
+    assert _digest([next(resumed) for _ in range(4)]) == _digest(expected[8:])
+  finally:
+    resumed.close()
+
+
 def test_bad_arguments():
   with pytest.raises(ValueError, match="fewer than one batch"):
     _dataset(_memory_source(3), batch_size=4)
   with pytest.raises(ValueError, match="shard_index 2"):
     _dataset(_memory_source(3), batch_size=1, shard_index=2, shard_count=2)
+  with pytest.raises(ValueError, match="num_workers must be >= 0"):
+    _dataset(_memory_source(3), batch_size=1, num_workers=-1)
 
 
 _RESUME_SCRIPT = textwrap.dedent("""
