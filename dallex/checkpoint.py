@@ -34,8 +34,12 @@ class Checkpointer:
   """Thin wrapper over ``ocp.CheckpointManager`` with the items of a dallex run."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    """``keep``: how many of the newest checkpoints to keep; 0 keeps all."""
+    if keep < 0:
+      raise ValueError(f"keep (train.keep_checkpoints) must be >= 0 (0 keeps all), got {keep}")
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep,
+    # Orbax reads max_to_keep=0 as "keep none" and would delete every checkpoint.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep or None,
                                            enable_async_checkpointing=async_save,
                                            cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,

@@ -71,7 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
       ema=0.999,
       parallel="jit",         # jit (sharded over a `data` mesh; multi-host) | pmap
       checkpoint_every=500,
-      keep_checkpoints=3,
+      keep_checkpoints=3,     # the newest N; 0 keeps all
       log_every=50,
       sample_every=500,
       max_nonfinite=20,       # stop after this many non-finite steps in a row

@@ -151,3 +151,14 @@ def test_damaged_checkpoint_is_skipped_for_the_previous_one(tmp_path):
   assert any("checkpoint" in str(w.message) and "/2 could not be restored" in str(w.message)
              for w in caught)
   ckpt.close()
+
+
+def test_keep_zero_keeps_every_checkpoint_and_negative_is_refused(tmp_path):
+  ckpt = Checkpointer(str(tmp_path / "all"), keep=0, async_save=False)
+  for step in (1, 2, 3, 4):
+    ckpt.save(step, {"w": np.full((2,), float(step))}, {"next_index": step}, {"seed": 0})
+  ckpt.wait()
+  assert ckpt.all_steps() == [1, 2, 3, 4]
+  ckpt.close()
+  with pytest.raises(ValueError, match=r"keep \(train.keep_checkpoints\) must be >= 0"):
+    Checkpointer(str(tmp_path / "bad"), keep=-1)
