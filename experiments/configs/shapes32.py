@@ -7,8 +7,8 @@ Budget: 4,000 steps of 32 images, about 14 minutes on 2 CPU cores at the
 ~5 steps/s of a fast VM, compile included (`make demo` adds
 `--config.train.max_minutes=15`, so a slower VM stops earlier and a second
 call resumes). At 4,000 steps, over three training seeds, it gets every
-attribute right for 49% of one-object captions, draws no extra object in
-99% of images and puts objects in the right cell 82% of the time; two-object
+attribute right for 57% of one-object captions, draws no extra object in
+98% of images and puts objects in the right cell 82% of the time; two-object
 captions are almost never fully right (1%). RESULTS.md has the measurements,
 the curve and the ablations.
 """
@@ -22,8 +22,10 @@ def get_config():
   c.data.resolution = 32
   c.model.text.update(max_length=96, width=64, depth=2, heads=4)
   c.model.discriminator.text.update(max_length=96, width=32, depth=1, heads=2)
+  # 32 channels at 32 px (16 before): one-object accuracy 0.572 +- 0.047 over
+  # three seeds against 0.486 +- 0.016, for a step ~2% slower.
   c.model.generator.update(style_dim=128, width=64, depth=2, heads=4, base_channels=64,
-                           min_channels=16)
+                           min_channels=32)
   c.model.discriminator.update(base_channels=16, max_channels=128, hidden=128, embed_dim=64)
   # No conditioning augmentation (c = mu, no KL): its KL pulled the posterior
   # onto the prior, so c was mostly noise. Without it one-object accuracy at
