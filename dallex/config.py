@@ -22,6 +22,7 @@ def default_config() -> ml_collections.ConfigDict:
       num_threads=2,          # reader threads (per worker)
       prefetch=4,
       num_workers=0,          # reader processes; >0 on many-core hosts (see pipeline.py)
+      hard_negatives=False,   # D also rejects real images with a hard negative caption
   ))
 
   c.model = ml_collections.ConfigDict(dict(
@@ -37,6 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
                      conditioning_augmentation=True),  # off: c = mu (set loss.kl=0)
       discriminator=dict(base_channels=32, max_channels=256, hidden=256, embed_dim=128,
                          text_source="own",
+                         word_region=False,  # a word-region matching term in D's logit
                          text=dict(max_length=96, width=64, depth=1, heads=4, mlp_ratio=4)),
       seed=dict(emb_dim=64, hidden_dim=256),
   ))

@@ -138,7 +138,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       source, batch_size=t.batch_size // jax.process_count(), resolution=config.data.resolution,
       max_length=config.model.text.max_length, seed=config.seed,
       num_threads=config.data.num_threads, prefetch=config.data.prefetch,
-      num_workers=config.data.num_workers)
+      num_workers=config.data.num_workers,
+      hard_negatives=config.data.get("hard_negatives", False))
   data_iter = iter(dataset)
 
   mesh = train.data_mesh()

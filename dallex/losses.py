@@ -5,7 +5,7 @@ Logits are raw discriminator outputs (no sigmoid); batch reductions are means.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -58,25 +58,26 @@ def r1_penalty(logit_fn: Callable[[jax.Array], jax.Array], images: jax.Array) ->
   return jnp.mean(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=-1))
 
 
-def matching_aware_gp(logit_fn: Callable[[jax.Array, jax.Array], jax.Array], images: jax.Array,
-                      sentence: jax.Array, power: float = 6.0) -> jax.Array:
+def matching_aware_gp(logit_fn: Callable[[jax.Array, Any], jax.Array], images: jax.Array,
+                      text: Any, power: float = 6.0) -> jax.Array:
   """MA-GP (DF-GAN, Tao et al. 2022): mean over real matching pairs of
   ||(d D(x, e) / d x, d D(x, e) / d e)||_2 ^ p, with p = 6 in the paper.
 
-  The gradient is taken with respect to both the image and the sentence
+  The gradient is taken with respect to both the image and the text
   embedding, which smooths D around the real, matching data points.
 
   Args:
-    logit_fn: (images [B, ...], sentence [B, Dt]) -> logits [B].
-    images, sentence: real matching pairs.
+    logit_fn: (images [B, ...], text) -> logits [B].
+    images: real images; text: their captions' embedding, an array [B, Dt]
+      or a pytree of float arrays [B, ...] (e.g. token and sentence features).
     power: p.
 
   Returns:
     Scalar. The usual loss term is k * matching_aware_gp (k = 2 in DF-GAN).
   """
-  gx, ge = jax.grad(lambda x, e: jnp.sum(logit_fn(x, e)), argnums=(0, 1))(images, sentence)
-  squared = (jnp.sum(jnp.square(gx.reshape(gx.shape[0], -1)), axis=-1)
-             + jnp.sum(jnp.square(ge.reshape(ge.shape[0], -1)), axis=-1))
+  gx, ge = jax.grad(lambda x, e: jnp.sum(logit_fn(x, e)), argnums=(0, 1))(images, text)
+  squared = sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=-1)
+                for g in [gx, *jax.tree.leaves(ge)])
   # Square root with a floor so the gradient of the penalty is finite at 0.
   return jnp.mean(jnp.power(squared + 1e-12, power / 2.0))
 

@@ -1,7 +1,7 @@
 """The two players' objectives, each a pure function of its own parameter tree.
 
     discriminator_loss(d_params, g_params, batch, key)
-      = adversarial(real, [generated, mismatched])        real pairs vs fakes
+      = adversarial(real, [generated, mismatched, hard negatives])   real pairs vs fakes
         + gradient penalty (R1 or MA-GP) on real pairs
         + contrastive_d * InfoNCE(real images, their captions)
     generator_loss(g_params, d_params, batch, key)
@@ -17,7 +17,9 @@ zero and vice versa: one tree's update can never move the other.
 
 A batch is a dict with ``image`` float [B, R, R, 3] in [-1, 1], ``ids`` int32
 [B, L], ``mask`` bool [B, L]; ``index`` int [B] (optional, default arange)
-holds the examples' global positions, which pick each example's noise.
+holds the examples' global positions, which pick each example's noise;
+``neg_ids``, ``neg_mask`` [B, L] (optional) are hard negative captions, which
+D learns to reject with the real images.
 """
 
 from __future__ import annotations
@@ -64,13 +66,18 @@ class GanObjective:
     device order); ``x`` itself otherwise. Gradients flow back to each owner."""
     return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
 
-  def _mismatched(self, sentence, axis_name):
-    """Each example's caption swapped for the next example's in the global batch."""
-    rolled = jnp.roll(self._gather(sentence, axis_name), 1, axis=0)
-    if axis_name is None:
-      return rolled
-    b = sentence.shape[0]
-    return jax.lax.dynamic_slice_in_dim(rolled, jax.lax.axis_index(axis_name) * b, b)
+  def _mismatched(self, text, axis_name):
+    """Each example's caption (a pytree of [b, ...] arrays) swapped for the next
+    example's in the global batch."""
+
+    def roll(x):
+      rolled = jnp.roll(self._gather(x, axis_name), 1, axis=0)
+      if axis_name is None:
+        return rolled
+      b = x.shape[0]
+      return jax.lax.dynamic_slice_in_dim(rolled, jax.lax.axis_index(axis_name) * b, b)
+
+    return jax.tree.map(roll, text)
 
   def _generate(self, g_params, batch, key):
     b = batch["ids"].shape[0]
@@ -81,10 +88,11 @@ class GanObjective:
   def _d(self, d_params, method, *args):
     return self.discriminator.apply(d_params, *args, method=method)
 
-  def _sentence(self, d_params, batch, g_sentence):
-    """D's view of the captions: its own encoder's, or the generator's (constant)."""
+  def _text(self, d_params, batch, g_text):
+    """D's view of the captions (TextFeatures): its own encoder's, or the
+    generator's (constant)."""
     if self.text_source == "generator":
-      return jax.lax.stop_gradient(g_sentence)
+      return jax.tree.map(jax.lax.stop_gradient, g_text)
     return self._d(d_params, "encode_text", batch["ids"], batch["mask"])
 
   def _logit_scale(self, judgement):
@@ -104,33 +112,42 @@ class GanObjective:
     """
     g_out = jax.lax.stop_gradient(self._generate(jax.lax.stop_gradient(g_params), batch, key))
     real = batch["image"]
-    sentence = self._sentence(d_params, batch, g_out.text.sentence)
+    text = self._text(d_params, batch, g_out.text)
     b = real.shape[0]
     # One pass over real and generated images together.
     h, _ = self._d(d_params, "features", jnp.concatenate([real, g_out.images.astype(real.dtype)]))
-    h_real, h_fake = h[:b], h[b:]
-    j_real = self._d(d_params, "heads", h_real, sentence)
-    j_fake = self._d(d_params, "heads", h_fake, sentence)
+    h_real, h_fake = jax.tree.map(lambda x: x[:b], h), jax.tree.map(lambda x: x[b:], h)
+    j_real = self._d(d_params, "heads", h_real, text)
+    j_fake = self._d(d_params, "heads", h_fake, text)
     fake_logits = j_fake.logit
     if self.loss.mismatch:
       # Real image, wrong caption (the next one in the batch): must score as fake.
-      j_mis = self._d(d_params, "heads", h_real, self._mismatched(sentence, axis_name))
+      j_mis = self._d(d_params, "heads", h_real, self._mismatched(text, axis_name))
       fake_logits = jnp.concatenate([fake_logits, j_mis.logit])
+    if "neg_ids" in batch:
+      neg_text = self._d(d_params, "encode_text", batch["neg_ids"], batch["neg_mask"])
+      j_neg = self._d(d_params, "heads", h_real, neg_text)
+      fake_logits = jnp.concatenate([fake_logits, j_neg.logit])
     d_fn, _ = losses.ADVERSARIAL[self.loss.adversarial]
     adversarial = d_fn(j_real.logit, fake_logits)
     total = adversarial
     metrics = {"d_adversarial": adversarial,
                "d_real_logit": jnp.mean(j_real.logit), "d_fake_logit": jnp.mean(j_fake.logit)}
+    if "neg_ids" in batch:
+      metrics["d_negative_logit"] = jnp.mean(j_neg.logit)
 
     def logit_fn(x, e):
-      return self._d(d_params, "heads", self._d(d_params, "features", x)[0], e).logit
+      """Logits of images x with the captions' float features e = (tokens, sentence)."""
+      pair_text = text._replace(tokens=e[0], sentence=e[1])
+      return self._d(d_params, "heads", self._d(d_params, "features", x)[0], pair_text).logit
 
+    text_floats = (text.tokens, text.sentence)
     if self.loss.gradient_penalty == "r1":
-      r1 = losses.r1_penalty(lambda x: logit_fn(x, sentence), real)
+      r1 = losses.r1_penalty(lambda x: logit_fn(x, text_floats), real)
       total += 0.5 * self.loss.r1_gamma * r1
       metrics["d_r1"] = r1
     elif self.loss.gradient_penalty == "magp":
-      magp = losses.matching_aware_gp(logit_fn, real, sentence, self.loss.magp_power)
+      magp = losses.matching_aware_gp(logit_fn, real, text_floats, self.loss.magp_power)
       total += self.loss.magp_weight * magp
       metrics["d_magp"] = magp
     if self.loss.contrastive_d:
@@ -149,9 +166,9 @@ class GanObjective:
     d_params = jax.lax.stop_gradient(d_params)
     g_out = self._generate(g_params, batch, key)
     fake = g_out.images
-    sentence = self._sentence(d_params, batch, g_out.text.sentence)
+    text = self._text(d_params, batch, g_out.text)
     h_fake, f_fake = self._d(d_params, "features", fake)
-    j_fake = self._d(d_params, "heads", h_fake, sentence)
+    j_fake = self._d(d_params, "heads", h_fake, text)
     _, g_fn = losses.ADVERSARIAL[self.loss.adversarial]
     adversarial = g_fn(j_fake.logit)
     total = adversarial
@@ -193,9 +210,15 @@ def build_objective(config) -> GanObjective:
     if config.loss.contrastive_d or config.loss.contrastive_g:
       raise ValueError("the seed architecture's discriminator has no embedding heads: set "
                        "loss.contrastive_d=0 and loss.contrastive_g=0")
+    if config.data.get("hard_negatives", False):
+      raise ValueError("the seed architecture's discriminator reads no text: set "
+                       "data.hard_negatives=False")
     text_source = "own"  # its encode_text gives an empty sentence: it reads no text
   else:
     text_source = config.model.discriminator.text_source
+  if config.data.get("hard_negatives", False) and text_source != "own":
+    raise ValueError("data.hard_negatives needs the discriminator's own text encoder "
+                     "(model.discriminator.text_source='own')")
   path = config.loss.feature_net_path
   return GanObjective(generator, discriminator, config.loss, config.model.z_dim,
                       config.model.ca_dim, text_source,
@@ -220,8 +243,8 @@ def _init_params(objective: GanObjective, key: jax.Array, batch: dict) -> tuple[
   z, eps = noise.latents(kn, jnp.arange(b), objective.z_dim, objective.ca_dim)
   g_params = objective.generator.init(kg, batch["ids"], batch["mask"], z, eps)
   images = jnp.zeros(batch["image"].shape, jnp.float32)
-  sentence = None
+  text = None
   if objective.text_source == "generator":
-    sentence = objective.generator.apply(g_params, batch["ids"], batch["mask"], z, eps).text.sentence
-  d_params = objective.discriminator.init(kd, images, batch["ids"], batch["mask"], sentence)
+    text = objective.generator.apply(g_params, batch["ids"], batch["mask"], z, eps).text
+  d_params = objective.discriminator.init(kd, images, batch["ids"], batch["mask"], text)
   return g_params, d_params

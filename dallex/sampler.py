@@ -35,11 +35,11 @@ def _embed(generator, discriminator, g_params, d_params, images, ids, mask, *, t
   if text_source == "generator":
     b = ids.shape[0]
     out = generator.apply(g_params, ids, mask, jnp.zeros((b, z_dim)), jnp.zeros((b, ca_dim)))
-    sentence = out.text.sentence
+    text = out.text
   else:
-    sentence = discriminator.apply(d_params, ids, mask, method="encode_text")
-  h, _ = discriminator.apply(d_params, images, method="features")
-  judgement = discriminator.apply(d_params, h, sentence, method="heads")
+    text = discriminator.apply(d_params, ids, mask, method="encode_text")
+  image, _ = discriminator.apply(d_params, images, method="features")
+  judgement = discriminator.apply(d_params, image, text, method="heads")
   return judgement.img_emb, judgement.txt_emb
 
 

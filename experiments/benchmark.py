@@ -274,7 +274,8 @@ def bench_input(config, batches: int = 100) -> dict:
   it = iter(pipeline.make_dataset(
       source, batch_size=config.train.batch_size, resolution=config.data.resolution,
       max_length=config.model.text.max_length, seed=0, num_threads=config.data.num_threads,
-      prefetch=config.data.prefetch, num_workers=config.data.num_workers))
+      prefetch=config.data.prefetch, num_workers=config.data.num_workers,
+      hard_negatives=config.data.hard_negatives))
   for _ in range(5):
     next(it)
   start = time.perf_counter()

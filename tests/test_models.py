@@ -4,11 +4,12 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import tiny_batch, tiny_config
 from dallex import noise
-from dallex.models import build_models
+from dallex.models import Discriminator, ImageFeatures, TextFeatures, build_models
 from dallex.models.generator import inward_clip, upsample2x
 from dallex.models.layers import dot_product_attention
 from dallex.objective import build_objective, init_params
@@ -17,22 +18,28 @@ from dallex.text import PAD_ID
 warnings.filterwarnings("ignore", message=".*captions truncated.*")
 
 
+def _config(arch, resolution, word_region=False):
+  config = tiny_config(arch, resolution)
+  config.model.discriminator.word_region = word_region
+  return config
+
+
 @functools.lru_cache(maxsize=None)
-def _params(arch, resolution):
+def _params(arch, resolution, word_region=False):
   """Parameters depend on the architecture and resolution only: initialise once
   (compiling an init costs seconds on CPU)."""
-  config = tiny_config(arch, resolution)
+  config = _config(arch, resolution, word_region)
   objective = build_objective(config)
   batch = tiny_batch(config, 2)
   return jax.jit(lambda k: init_params(objective, k, batch))(jax.random.key(0))
 
 
-def _setup(arch="dallex", resolution=32, batch_size=4, **loss):
-  config = tiny_config(arch, resolution)
+def _setup(arch="dallex", resolution=32, batch_size=4, word_region=False, **loss):
+  config = _config(arch, resolution, word_region)
   config.loss.update(loss)
   objective = build_objective(config)
   batch = tiny_batch(config, batch_size)
-  g_params, d_params = _params(arch, resolution)
+  g_params, d_params = _params(arch, resolution, word_region)
   return config, objective, batch, g_params, d_params
 
 
@@ -128,11 +135,13 @@ def _zero_leaves(tree):
     ("dallex", dict(adversarial="hinge", gradient_penalty="r1")),
     ("dallex", dict(adversarial="nonsaturating", gradient_penalty="magp",
                     feature_matching_paired=True, learn_temperature=False)),
+    ("dallex", dict(word_region=True)),
+    ("dallex", dict(word_region=True, gradient_penalty="magp")),
     ("seed", {}),
 ])
 def test_every_parameter_learns_from_its_own_loss_only(arch, loss):
   config, objective, batch, g_params, d_params = _setup(arch, **loss)
-  if loss.get("adversarial") == "hinge":
+  if loss.get("adversarial", "hinge") == "hinge":
     # While every hinge margin is active (|logit| < 1, as at init) the gradient
     # of the unconditional bias is exactly 1 - 1 = 0, by the loss's form; move
     # the real logits past the margin so the check can see the bias learn.
@@ -236,3 +245,84 @@ def test_conditioning_augmentation_samples_around_the_mean_and_can_be_switched_o
   np.testing.assert_allclose(on.apply(params, sentence, 0 * eps).c, sampled.mu)
   off = ConditioningAugmentation(4, augment=False).apply(params, sentence, eps)
   np.testing.assert_array_equal(off.c, sampled.mu)
+
+
+def _binding_task():
+  """Two objects, left and right, of different colours; a caption is two tokens
+  (colour one-hot + place one-hot). The swapped caption (colours exchanged
+  between the places) has exactly the same mean-pooled sentence vector."""
+  k = 3
+  eye = np.eye(k, dtype=np.float32)
+  place = np.eye(2, dtype=np.float32)
+  regions, tokens, labels = [], [], []
+  for a in range(k):
+    for b in range(k):
+      if a == b:
+        continue
+      for swapped in (False, True):
+        left, right = (b, a) if swapped else (a, b)
+        for order in ((0, 1), (1, 0)):  # token order must not matter
+          words = [np.concatenate([eye[left], place[0]]), np.concatenate([eye[right], place[1]])]
+          regions.append(np.stack([eye[a], eye[b]]))
+          tokens.append(np.stack([words[i] for i in order]))
+          labels.append(0.0 if swapped else 1.0)
+  regions, tokens = np.stack(regions), np.stack(tokens)
+  image = ImageFeatures(jnp.asarray(regions.reshape(len(regions), -1)), jnp.asarray(regions))
+  text = TextFeatures(jnp.asarray(tokens), jnp.ones(tokens.shape[:2], bool),
+                      jnp.asarray(tokens.mean(1)))
+  return image, text, np.asarray(labels)
+
+
+@pytest.mark.parametrize("word_region", [False, True])
+def test_word_region_term_tells_which_object_is_where(word_region):
+  """The projection head sees one pooled sentence, identical for a caption and
+  its colour-swapped twin, so it cannot tell them apart however it is trained;
+  the word-region term learns to."""
+  image, text, labels = _binding_task()
+  d = Discriminator(resolution=32, hidden=6, embed_dim=8, word_region=word_region)
+  params = d.init(jax.random.key(0), image, text, method="heads")
+
+  def loss(p):
+    logit = d.apply(p, image, text, method="heads").logit
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logit, labels))
+
+  opt = optax.adam(3e-2)
+
+  @jax.jit
+  def step(p, s):
+    g = jax.grad(loss)(p)
+    u, s = opt.update(g, s)
+    return optax.apply_updates(p, u), s
+
+  state = opt.init(params)
+  for _ in range(300):
+    params, state = step(params, state)
+  logit = np.asarray(d.apply(params, image, text, method="heads").logit)
+  accuracy = np.mean((logit > 0) == (labels > 0.5))
+  if word_region:
+    assert accuracy == 1.0
+  else:
+    # Each image's caption and its swapped twin get the very same logit.
+    np.testing.assert_allclose(logit[labels > 0.5], logit[labels < 0.5], atol=1e-6)
+    assert accuracy == 0.5
+
+
+def test_hard_negative_captions_are_judged_with_the_real_images_as_fakes():
+  config, objective, batch, g_params, d_params = _setup(word_region=True)
+  key = jax.random.key(3)
+  d_loss = jax.jit(objective.discriminator_loss)
+  base, base_metrics = d_loss(d_params, g_params, batch, key)
+  # A "negative" that is the true caption scores exactly as the real pair does.
+  same, metrics = d_loss(d_params, g_params, dict(batch, neg_ids=batch["ids"],
+                                                  neg_mask=batch["mask"]), key)
+  np.testing.assert_allclose(metrics["d_negative_logit"], metrics["d_real_logit"], rtol=1e-6)
+  assert "d_negative_logit" not in base_metrics
+  # The negatives enter D's loss as fakes: rolled captions give other logits, another loss.
+  rolled = dict(batch, neg_ids=np.roll(batch["ids"], 2, 0), neg_mask=np.roll(batch["mask"], 2, 0))
+  other, other_metrics = d_loss(d_params, g_params, rolled, key)
+  assert other_metrics["d_negative_logit"] != metrics["d_negative_logit"]
+  assert float(other) != float(same) != float(base)
+  with pytest.raises(ValueError, match="reads no text"):
+    seed = tiny_config("seed")
+    seed.data.hard_negatives = True
+    build_objective(seed)

@@ -48,6 +48,23 @@ def test_batches_are_well_formed():
     np.testing.assert_allclose(image, i / 127.5 - 1.0)  # the image stays with its caption
 
 
+def test_hard_negatives_come_with_their_captions_and_change_nothing_else():
+  source = Source(_memory_source(10).data, "image", "caption",
+                  negative_caption=lambda text, rng: f"not {text} {int(rng.integers(10))}")
+  plain = [next(it) for it in [iter(_dataset(source, seed=3))] for _ in range(5)]
+  hard = [next(it) for it in [iter(_dataset(source, seed=3, hard_negatives=True))]
+          for _ in range(5)]
+  for p, h in zip(plain, hard):
+    assert sorted(h) == sorted(p) + ["neg_ids", "neg_mask"]
+    for key in p:
+      np.testing.assert_array_equal(p[key], h[key])
+    negatives = ByteTokenizer(32).decode(h["neg_ids"])
+    assert [n.rsplit(" ", 1)[0] for n in negatives] == [f"not {c}" for c in _captions(h)]
+    assert h["neg_mask"].sum(1).tolist() == [len(n) + 2 for n in negatives]
+  with pytest.raises(ValueError, match="no way to make a hard negative caption"):
+    _dataset(_memory_source(10), hard_negatives=True)
+
+
 def test_same_seed_same_batches_other_seed_other_batches():
   source = _memory_source(50)
   first = [next(it) for it in [iter(_dataset(source, seed=3))] for _ in range(20)]

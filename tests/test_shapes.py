@@ -72,6 +72,31 @@ def test_caption_round_trip_and_rejection():
       shapes.parse_caption(bad)
 
 
+def test_contrast_caption_changes_the_scene_but_not_the_words():
+  rng = np.random.default_rng(0)
+  swaps = 0
+  for objects in _scenes(300):
+    text = shapes.caption(objects)
+    negative = shapes.contrast_caption(text, rng)
+    before, after = shapes.parse_caption(text), shapes.parse_caption(negative)  # canonical
+    assert len(after) == len(before)
+    assert sorted(map(str, after)) != sorted(map(str, before))  # another scene
+    assert len({o["cell"] for o in after}) == len(after)  # still one object per cell
+    changed = [(f, x[f], y[f]) for x, y in zip(before, after) for f in x if x[f] != y[f]]
+    a, b = before[0], before[-1]
+    if len(before) == 2 and any(a[f] != b[f] for f in ("colour", "shape", "size")):
+      # One attribute swapped between the two objects: the same words, rebound.
+      assert sorted(negative.split()) == sorted(text.split())
+      assert len(changed) == 2 and changed[0][0] == changed[1][0]
+      assert changed[0][1:] == changed[1][:0:-1]
+      swaps += 1
+    else:
+      assert len(changed) == 1  # one attribute of one object got another value
+  assert swaps > 100  # half the scenes have two objects
+  with pytest.raises(ValueError, match="not a canonical shapes caption"):
+    shapes.contrast_caption("a red circle", rng)
+
+
 def test_unknown_attribute_is_rejected():
   with pytest.raises(ValueError, match="unknown colour 'pink'"):
     shapes.ShapeObject("pink", "circle", "small", "top", (0, 0, 0), (0.5, 0.5), 0.2)

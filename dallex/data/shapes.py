@@ -130,7 +130,7 @@ def render(objects: Sequence[ShapeObject], resolution: int) -> np.ndarray:
 
 def describe(obj: ShapeObject) -> str:
   """The canonical phrase for one object: ``a {size} {colour} {shape} {place}``."""
-  return f"a {obj.size} {obj.colour} {obj.shape} {PLACES[obj.cell]}"
+  return _phrase(dataclasses.asdict(obj))
 
 
 def caption(objects: Sequence[ShapeObject]) -> str:
@@ -163,6 +163,42 @@ def parse_caption(text: str) -> list[dict[str, str]]:
     objects.append(dict(colour=match["colour"], shape=match["shape"], size=match["size"],
                         cell=_CELL_OF_PLACE[match["place"]]))
   return objects
+
+
+def _phrase(obj: dict[str, str]) -> str:
+  return f"a {obj['size']} {obj['colour']} {obj['shape']} {PLACES[obj['cell']]}"
+
+
+_VALUES = {"colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(SIZES), "cell": CELLS}
+
+
+def contrast_caption(text: str, rng: np.random.Generator) -> str:
+  """A hard negative for ``text``: a canonical caption of a different scene that
+  shares almost all its words.
+
+  Two objects that differ in colour, shape or size: one such attribute is
+  swapped between them, so the words are the same and only which object has
+  what changes (a bag-of-words reader cannot tell them apart). Otherwise (one
+  object, or two alike but for their places): one attribute of one object gets
+  another value (a cell not taken by the other object).
+
+  Raises:
+    ValueError: when ``text`` is not a canonical caption.
+  """
+  objects = parse_caption(text)
+  if len(objects) == 2:
+    a, b = objects
+    differ = [f for f in ("colour", "shape", "size") if a[f] != b[f]]
+    if differ:
+      field = differ[int(rng.integers(len(differ)))]
+      a[field], b[field] = b[field], a[field]
+      return " and ".join(_phrase(o) for o in objects)
+  i = int(rng.integers(len(objects)))
+  field = tuple(_VALUES)[int(rng.integers(len(_VALUES)))]
+  taken = {o[field] for o in objects} if field == "cell" else {objects[i][field]}
+  others = [v for v in _VALUES[field] if v not in taken]
+  objects[i][field] = others[int(rng.integers(len(others)))]
+  return " and ".join(_phrase(o) for o in objects)
 
 
 def _bbox(obj: ShapeObject, resolution: int) -> np.ndarray:

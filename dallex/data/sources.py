@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from dallex.data import caption_folder, shapes_builder
+from dallex.data import caption_folder, shapes, shapes_builder
 
 DEFAULT_DATA_DIR = os.environ.get("DALLEX_DATA_DIR", "~/tensorflow_datasets")
 
@@ -52,10 +52,13 @@ class Source:
     data: supports ``len`` and ``data[i] -> dict`` (a ``tfds.data_source``).
     image_key: '/'-separated path to a uint8 [H, W, C] image.
     caption_key: '/'-separated path to a caption string or a list of them.
+    negative_caption: (caption, rng) -> a hard negative caption (one that
+      describes a different image), where the dataset knows how to make one.
   """
   data: Sequence[dict]
   image_key: str = "image"
   caption_key: str = "caption"
+  negative_caption: Callable[[str, np.random.Generator], str] | None = None
 
   def extract(self, example: dict) -> tuple[np.ndarray, list[str]]:
     """The example's image (uint8 [H, W, C]) and its captions (>= 1 strings)."""
@@ -82,7 +85,8 @@ def open_source(data_config, split: str) -> Source:
     builder = shapes_builder.DallexShapes(config=f"r{data_config.resolution}",
                                           data_dir=data_dir)
     builder.download_and_prepare()
-    return Source(builder.as_data_source(split=split), "image", "caption")
+    return Source(builder.as_data_source(split=split), "image", "caption",
+                  shapes.contrast_caption)
   if name == "caption_folder":
     if not data_config.get("path"):
       raise ValueError("data.name='caption_folder' needs data.path, the folder of images "

@@ -197,8 +197,9 @@ def summarize(verdicts: Sequence[Verdict]) -> dict[str, float]:
 
   Keys: ``{colour,shape,size,cell}_accuracy`` and ``object_accuracy`` (all
   four right) over all intended objects; ``one_object_accuracy`` (objects of
-  1-object captions) and ``two_object_image_accuracy`` (2-object captions with
-  both objects right); ``no_extra_rate`` and ``image_accuracy`` (all right and
+  1-object captions), ``two_object_accuracy`` (objects of 2-object captions)
+  and ``two_object_image_accuracy`` (2-object captions with both objects
+  right); ``no_extra_rate`` and ``image_accuracy`` (all right and
   nothing extra) over images; the counts they are over.
   """
   objects = [o for v in verdicts for o in v.objects]
@@ -209,6 +210,7 @@ def summarize(verdicts: Sequence[Verdict]) -> dict[str, float]:
   out.update(
       object_accuracy=mean([o.right for o in objects]),
       one_object_accuracy=mean([o.right for o in one]),
+      two_object_accuracy=mean([o.right for v in two for o in v.objects]),
       two_object_image_accuracy=mean([all(o.right for o in v.objects) for v in two]),
       no_extra_rate=mean([v.extra == 0 for v in verdicts]),
       image_accuracy=mean([v.right for v in verdicts]),

@@ -4,9 +4,10 @@ Both architectures share one calling convention, so the train step and the
 sampler never ask which one they hold:
 
     generator(ids, mask, z, ca_eps) -> GeneratorOutput(images, text, cond)
-    discriminator.encode_text(ids, mask) -> sentence
-    discriminator.features(images) -> (h, [feature maps])
-    discriminator.heads(h, sentence) -> Judgement(logit, logit_uncond, img_emb, txt_emb, logit_scale)
+    discriminator.encode_text(ids, mask) -> TextFeatures(tokens, mask, sentence)
+    discriminator.features(images) -> (ImageFeatures(pooled, regions), [feature maps])
+    discriminator.heads(image_features, text_features)
+        -> Judgement(logit, logit_uncond, img_emb, txt_emb, logit_scale)
 
 ``model.arch`` is ``"dallex"`` (Transformer text encoder + CA + Transformer/CNN
 generator + projection discriminator) or ``"seed"`` (the article's GRU/MLP design).
@@ -17,14 +18,14 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dallex.models.discriminator import Discriminator, Judgement
+from dallex.models.discriminator import Discriminator, ImageFeatures, Judgement
 from dallex.models.generator import Generator, GeneratorOutput
 from dallex.models.seed import SeedDiscriminator, SeedGenerator, SeedTextEncoder
 from dallex.models.text_encoder import TextEncoder, TextFeatures
 from dallex.text import VOCAB_SIZE
 
 __all__ = ["build_models", "compute_dtype", "Generator", "Discriminator", "GeneratorOutput",
-           "Judgement", "TextEncoder", "TextFeatures"]
+           "ImageFeatures", "Judgement", "TextEncoder", "TextFeatures"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -72,5 +73,6 @@ def build_models(model, resolution: int) -> tuple[nn.Module, nn.Module]:
   d_text = _text_encoder(d.text, dtype, model.scan, model.remat) if d.text_source == "own" else None
   discriminator = Discriminator(
       resolution=resolution, base_channels=d.base_channels, max_channels=d.max_channels,
-      hidden=d.hidden, embed_dim=d.embed_dim, text_encoder=d_text, dtype=dtype)
+      hidden=d.hidden, embed_dim=d.embed_dim, text_encoder=d_text,
+      word_region=d.get("word_region", False), dtype=dtype)
   return generator, discriminator

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from dallex.models.conditioning import Conditioning
-from dallex.models.discriminator import Judgement
+from dallex.models.discriminator import ImageFeatures, Judgement
 from dallex.models.generator import GeneratorOutput
 from dallex.models.text_encoder import TextFeatures
 
@@ -89,26 +89,28 @@ class SeedDiscriminator(nn.Module):
     self.fc_1 = nn.Dense(256)
     self.fc_2 = nn.Dense(1)
 
-  def encode_text(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
-    """The article's discriminator reads no text: an empty [B, 0] sentence."""
-    del mask
-    return jnp.zeros((ids.shape[0], 0), jnp.float32)
+  def encode_text(self, ids: jax.Array, mask: jax.Array) -> TextFeatures:
+    """The article's discriminator reads no text: empty [B, L, 0] tokens and [B, 0] sentence."""
+    b, length = ids.shape
+    return TextFeatures(jnp.zeros((b, length, 0), jnp.float32), mask,
+                        jnp.zeros((b, 0), jnp.float32))
 
-  def features(self, images: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-    """images [B, R, R, 3] -> (h [B, 256], [both hidden layers])."""
+  def features(self, images: jax.Array) -> tuple[ImageFeatures, list[jax.Array]]:
+    """images [B, R, R, 3] -> (ImageFeatures with h [B, 256] and no regions,
+    [both hidden layers])."""
     x = images.reshape(images.shape[0], -1).astype(jnp.float32)
     f1 = nn.leaky_relu(self.fc_0(x), 0.2)
     h = nn.leaky_relu(self.fc_1(f1), 0.2)
-    return h, [f1, h]
+    return ImageFeatures(h, jnp.zeros((h.shape[0], 0, 0), jnp.float32)), [f1, h]
 
-  def heads(self, h: jax.Array, sentence: jax.Array | None) -> Judgement:
-    """h -> Judgement with the one (unconditional) logit and empty embeddings."""
-    del sentence
-    logit = self.fc_2(h)[:, 0]
-    empty = jnp.zeros((h.shape[0], 0), jnp.float32)
+  def heads(self, image: ImageFeatures, text: TextFeatures | None) -> Judgement:
+    """The image's (unconditional) logit as a Judgement with empty embeddings."""
+    del text
+    logit = self.fc_2(image.pooled)[:, 0]
+    empty = jnp.zeros((logit.shape[0], 0), jnp.float32)
     return Judgement(logit, logit, empty, empty, jnp.float32(1.0))
 
   def __call__(self, images: jax.Array, ids: jax.Array, mask: jax.Array,
-               sentence: jax.Array | None = None) -> tuple[Judgement, list[jax.Array]]:
-    h, feats = self.features(images)
-    return self.heads(h, sentence), feats
+               text: TextFeatures | None = None) -> tuple[Judgement, list[jax.Array]]:
+    image, feats = self.features(images)
+    return self.heads(image, text), feats
