@@ -26,8 +26,8 @@ def _config(arch, resolution, word_region=False):
 
 @functools.lru_cache(maxsize=None)
 def _params(arch, resolution, word_region=False):
-  """Parameters depend on the architecture and resolution only: initialise once
-  (compiling an init costs seconds on CPU)."""
+  """Parameters depend on the architecture, resolution and D's word-region
+  switch only: initialise once (compiling an init costs seconds on CPU)."""
   config = _config(arch, resolution, word_region)
   objective = build_objective(config)
   batch = tiny_batch(config, 2)
@@ -322,7 +322,7 @@ def test_hard_negative_captions_are_judged_with_the_real_images_as_fakes():
   other, other_metrics = d_loss(d_params, g_params, rolled, key)
   assert other_metrics["d_negative_logit"] != metrics["d_negative_logit"]
   assert float(other) != float(same) != float(base)
+  seed = tiny_config("seed")
+  seed.data.hard_negatives = True
   with pytest.raises(ValueError, match="reads no text"):
-    seed = tiny_config("seed")
-    seed.data.hard_negatives = True
     build_objective(seed)

@@ -5,7 +5,7 @@ embedding for the contrastive loss.
     images [B,R,R,3] --stem + down blocks (features f1..fk, exposed for feature
     matching)--> regions r [B,N,C] (the final 4x4 map) --> h [B,Dh]
     logit = psi(h) + <P sentence, h>         (projection discriminator)
-            + mean_n <Q r_n, attend(r_n + pos_n -> words)>   (word_region)
+            + mean_n <C r_n, attend(Q (r_n + p_n) -> words)>   (word_region)
     img_emb = E_i h, txt_emb = E_t sentence  (contrastive "encoder loss")
 
 The projection term compares the whole image with a pooled sentence, so it
@@ -108,9 +108,10 @@ class WordRegion(nn.Module):
   """regions [B, N, C], text -> [B]: mean over regions of how well a region's
   content matches what the caption's tokens say about its place.
 
-  Each region queries the tokens with its content plus a learned embedding of
-  its position; the attended words are compared with a projection of the
-  content: mean_n <Q r_n, attend(K words, V words)_n> / sqrt(E).
+  Each region queries the tokens with its content plus a learned embedding
+  p_n of its position; the attended words are compared with a projection of
+  the content: mean_n <C r_n, softmax(q_n K^T / sqrt(E)) V> / sqrt(E), with
+  q_n = Q (r_n + p_n) and K, V projections of the tokens (padding masked).
   """
   embed_dim: int
 
