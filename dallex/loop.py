@@ -139,7 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       max_length=config.model.text.max_length, seed=config.seed,
       num_threads=config.data.num_threads, prefetch=config.data.prefetch,
       num_workers=config.data.num_workers,
-      hard_negatives=config.data.get("hard_negatives", False))
+      hard_negatives=config.data.hard_negatives)
   data_iter = iter(dataset)
 
   mesh = train.data_mesh()
