@@ -124,17 +124,17 @@ class GanObjective:
       # Real image, wrong caption (the next one in the batch): must score as fake.
       j_mis = self._d(d_params, "heads", h_real, self._mismatched(text, axis_name))
       fake_logits = jnp.concatenate([fake_logits, j_mis.logit])
+    negative_metrics = {}
     if "neg_ids" in batch:
       neg_text = self._d(d_params, "encode_text", batch["neg_ids"], batch["neg_mask"])
       j_neg = self._d(d_params, "heads", h_real, neg_text)
       fake_logits = jnp.concatenate([fake_logits, j_neg.logit])
+      negative_metrics["d_negative_logit"] = jnp.mean(j_neg.logit)
     d_fn, _ = losses.ADVERSARIAL[self.loss.adversarial]
     adversarial = d_fn(j_real.logit, fake_logits)
     total = adversarial
-    metrics = {"d_adversarial": adversarial,
+    metrics = {"d_adversarial": adversarial, **negative_metrics,
                "d_real_logit": jnp.mean(j_real.logit), "d_fake_logit": jnp.mean(j_fake.logit)}
-    if "neg_ids" in batch:
-      metrics["d_negative_logit"] = jnp.mean(j_neg.logit)
 
     def logit_fn(x, e):
       """Logits of images x with the captions' float features e = (tokens, sentence)."""

@@ -57,6 +57,10 @@ POSITION_JITTER = 0.04
 GAP_PIXELS = 2.0
 MAX_OBJECTS = 2
 
+# Each named attribute's possible values, in label order.
+_VALUES: dict[str, tuple[str, ...]] = {
+    "colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(SIZES), "cell": CELLS}
+
 TRAIN_PAIRS = tuple((c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELDOUT_PAIRS)
 
 
@@ -79,8 +83,7 @@ class ShapeObject:
   side: float
 
   def __post_init__(self):
-    for field, table in (("colour", COLOURS), ("shape", SHAPES), ("size", SIZES),
-                         ("cell", CELLS)):
+    for field, table in _VALUES.items():
       if getattr(self, field) not in table:
         raise ValueError(f"unknown {field} {getattr(self, field)!r}; expected one of "
                          f"{list(table)}")
@@ -130,7 +133,7 @@ def render(objects: Sequence[ShapeObject], resolution: int) -> np.ndarray:
 
 def describe(obj: ShapeObject) -> str:
   """The canonical phrase for one object: ``a {size} {colour} {shape} {place}``."""
-  return _phrase(dataclasses.asdict(obj))
+  return _phrase(obj.colour, obj.shape, obj.size, obj.cell)
 
 
 def caption(objects: Sequence[ShapeObject]) -> str:
@@ -165,11 +168,8 @@ def parse_caption(text: str) -> list[dict[str, str]]:
   return objects
 
 
-def _phrase(obj: dict[str, str]) -> str:
-  return f"a {obj['size']} {obj['colour']} {obj['shape']} {PLACES[obj['cell']]}"
-
-
-_VALUES = {"colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(SIZES), "cell": CELLS}
+def _phrase(colour: str, shape: str, size: str, cell: str) -> str:
+  return f"a {size} {colour} {shape} {PLACES[cell]}"
 
 
 def contrast_caption(text: str, rng: np.random.Generator) -> str:
@@ -192,13 +192,13 @@ def contrast_caption(text: str, rng: np.random.Generator) -> str:
     if differ:
       field = differ[int(rng.integers(len(differ)))]
       a[field], b[field] = b[field], a[field]
-      return " and ".join(_phrase(o) for o in objects)
+      return " and ".join(_phrase(**o) for o in objects)
   i = int(rng.integers(len(objects)))
   field = tuple(_VALUES)[int(rng.integers(len(_VALUES)))]
   taken = {o[field] for o in objects} if field == "cell" else {objects[i][field]}
   others = [v for v in _VALUES[field] if v not in taken]
   objects[i][field] = others[int(rng.integers(len(others)))]
-  return " and ".join(_phrase(o) for o in objects)
+  return " and ".join(_phrase(**o) for o in objects)
 
 
 def _bbox(obj: ShapeObject, resolution: int) -> np.ndarray:
