@@ -35,7 +35,9 @@ def default_config() -> ml_collections.ConfigDict:
       text=dict(max_length=96, width=128, depth=2, heads=4, mlp_ratio=4),
       generator=dict(style_dim=128, mapping_depth=2, grid=4, width=128, depth=2, heads=4,
                      mlp_ratio=4, base_channels=128, min_channels=32,
-                     conditioning_augmentation=True),  # off: c = mu (set loss.kl=0)
+                     conditioning_augmentation=True,  # off: c = mu (set loss.kl=0)
+                     local_style=False,   # AdaIN also reads the grid tokens, per region
+                     layout_head=False),  # the grid tokens guess the coarse image (loss.layout)
       discriminator=dict(base_channels=32, max_channels=256, hidden=256, embed_dim=128,
                          text_source="own",
                          word_region=False,  # a word-region matching term in D's logit
@@ -54,6 +56,8 @@ def default_config() -> ml_collections.ConfigDict:
       feature_matching_paired=False,
       feature_net_path="",    # optional frozen perceptual network (.npz)
       feature_net_weight=0.0,
+      layout=0.0,             # L1 of G's grid layout guess and the real image's
+                              # block averages (needs model.generator.layout_head)
       contrastive_d=1.0,      # InfoNCE on real pairs, trains D's heads
       contrastive_g=1.0,      # InfoNCE of generated images with their captions, trains G
       learn_temperature=True,

@@ -104,6 +104,22 @@ def feature_matching(real_features: Sequence[jax.Array],
   return total
 
 
+def block_mean(images: jax.Array, side: int) -> jax.Array:
+  """[B, R, R, C] averaged in (R/side)^2 blocks -> [B, side, side, C] (float32)."""
+  b, r, _, c = images.shape
+  if side < 1 or r % side:
+    raise ValueError(f"block side {side} must divide the resolution {r}")
+  k = r // side
+  return images.astype(jnp.float32).reshape(b, side, k, side, k, c).mean((2, 4))
+
+
+def layout_l1(layout: jax.Array, real: jax.Array) -> jax.Array:
+  """mean |layout_i - block_mean(real_i, G)|: G's grid guess [B, G, G, C]
+  against the real image [B, R, R, C] of the same caption; trains G only."""
+  return jnp.mean(jnp.abs(layout.astype(jnp.float32)
+                          - jax.lax.stop_gradient(block_mean(real, layout.shape[1]))))
+
+
 def info_nce(img_emb: jax.Array, txt_emb: jax.Array, logit_scale: jax.Array | float) -> jax.Array:
   """Symmetric InfoNCE (CLIP), the article's "encoder loss": image i must pick
   caption i among the batch's captions and vice versa.

@@ -8,6 +8,7 @@
       = adversarial(generated)
         + feature_matching * FM(D features of real, generated)    "perceptual loss"
         + feature_net_weight * frozen-network distance (optional)
+        + layout * L1(G's grid guess of the layout, real averaged to G^2 blocks) (optional)
         + contrastive_g * InfoNCE(generated images, their captions)  "encoder loss"
         + kl * KL(conditioning augmentation || N(0, I))
 
@@ -57,6 +58,9 @@ class GanObjective:
                        f"{self.loss.gradient_penalty!r}")
     if self.loss.feature_net_weight and self.feature_net is None:
       raise ValueError("loss.feature_net_weight > 0 needs loss.feature_net_path")
+    if self.loss.get("layout", 0.0) and not getattr(self.generator, "layout_head", False):
+      raise ValueError("loss.layout > 0 needs a generator with a layout head: set "
+                       "model.generator.layout_head=True (dallex architecture)")
 
   # -- shared pieces -------------------------------------------------------
 
@@ -187,6 +191,10 @@ class GanObjective:
       pd = perceptual_distance(self.feature_net, fake, batch["image"])
       total += self.loss.feature_net_weight * pd
       metrics["g_feature_net"] = pd
+    if self.loss.get("layout", 0.0):
+      layout = losses.layout_l1(g_out.layout, batch["image"])
+      total += self.loss.layout * layout
+      metrics["g_layout"] = layout
     if self.loss.contrastive_g:
       nce = losses.info_nce(self._gather(j_fake.img_emb, axis_name),
                             self._gather(j_fake.txt_emb, axis_name), j_fake.logit_scale)

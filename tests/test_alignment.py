@@ -116,7 +116,8 @@ def test_summary_counts():
   s = alignment.summarize(verdicts)
   assert s["colour_accuracy"] == 0.75 and s["object_accuracy"] == 0.75
   assert s["one_object_accuracy"] == 1.0 and s["two_object_image_accuracy"] == 0.0
-  assert s["two_object_accuracy"] == 0.5
+  assert s["two_object_accuracy"] == 0.5 and s["two_object_colour_accuracy"] == 0.5
+  assert s["two_object_shape_accuracy"] == 1.0 and s["one_object_colour_accuracy"] == 1.0
   assert s["no_extra_rate"] == pytest.approx(2 / 3) and s["image_accuracy"] == pytest.approx(1 / 3)
 
 

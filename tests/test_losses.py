@@ -100,6 +100,18 @@ def test_feature_matching_hand_values_and_stop_gradient():
     losses.feature_matching(real, fake * 2)
 
 
+def test_layout_l1_compares_the_grid_guess_with_the_real_block_averages():
+  real = jnp.zeros((1, 4, 4, 1)).at[0, :2, :2, 0].set(1.0).at[0, 3, 3, 0].set(-1.0)
+  # Block averages [[1, 0], [0, -0.25]]; a guess of all zeros is off by (1 + 0.25) / 4.
+  assert float(losses.layout_l1(jnp.zeros((1, 2, 2, 1)), real)) == pytest.approx(1.25 / 4)
+  exact = jnp.array([[1.0, 0.0], [0.0, -0.25]])[None, :, :, None]
+  assert float(losses.layout_l1(exact, real)) == 0.0
+  g_real = jax.grad(lambda r: losses.layout_l1(exact + 1, r))(real)
+  assert not np.any(np.asarray(g_real))
+  with pytest.raises(ValueError, match="block side 3 must divide the resolution 4"):
+    losses.layout_l1(jnp.zeros((1, 3, 3, 1)), real)
+
+
 def _feature_net_file(path, channels=(3, 4, 6)):
   rng = np.random.default_rng(0)
   arrays = {"pool_after": np.array([0])}

@@ -18,28 +18,30 @@ from dallex.text import PAD_ID
 warnings.filterwarnings("ignore", message=".*captions truncated.*")
 
 
-def _config(arch, resolution, word_region=False):
+def _config(arch, resolution, word_region=False, layout_head=False):
   config = tiny_config(arch, resolution)
   config.model.discriminator.word_region = word_region
+  config.model.generator.layout_head = layout_head
   return config
 
 
 @functools.lru_cache(maxsize=None)
-def _params(arch, resolution, word_region=False):
-  """Parameters depend on the architecture, resolution and D's word-region
-  switch only: initialise once (compiling an init costs seconds on CPU)."""
-  config = _config(arch, resolution, word_region)
+def _params(arch, resolution, word_region=False, layout_head=False):
+  """Parameters depend on the architecture, resolution and the word-region and
+  layout-head switches only: initialise once (an init compiles for seconds on CPU)."""
+  config = _config(arch, resolution, word_region, layout_head)
   objective = build_objective(config)
   batch = tiny_batch(config, 2)
   return jax.jit(lambda k: init_params(objective, k, batch))(jax.random.key(0))
 
 
-def _setup(arch="dallex", resolution=32, batch_size=4, word_region=False, **loss):
-  config = _config(arch, resolution, word_region)
+def _setup(arch="dallex", resolution=32, batch_size=4, word_region=False, layout_head=False,
+           **loss):
+  config = _config(arch, resolution, word_region, layout_head)
   config.loss.update(loss)
   objective = build_objective(config)
   batch = tiny_batch(config, batch_size)
-  g_params, d_params = _params(arch, resolution, word_region)
+  g_params, d_params = _params(arch, resolution, word_region, layout_head)
   return config, objective, batch, g_params, d_params
 
 
@@ -134,9 +136,10 @@ def _zero_leaves(tree):
 @pytest.mark.parametrize("arch,loss", [
     ("dallex", dict(adversarial="hinge", gradient_penalty="r1")),
     ("dallex", dict(adversarial="nonsaturating", gradient_penalty="magp",
-                    feature_matching_paired=True, learn_temperature=False)),
+                    feature_matching_paired=True, learn_temperature=False),
     ("dallex", dict(word_region=True)),
     ("dallex", dict(word_region=True, gradient_penalty="magp")),
+    ("dallex", dict(layout_head=True, layout=1.0)),
     ("seed", {}),
 ])
 def test_every_parameter_learns_from_its_own_loss_only(arch, loss):
@@ -247,6 +250,59 @@ def test_conditioning_augmentation_samples_around_the_mean_and_can_be_switched_o
   np.testing.assert_array_equal(off.c, sampled.mu)
 
 
+@pytest.mark.parametrize("local", [False, True])
+def test_local_style_paints_two_regions_in_two_colours(local):
+  """On a flat feature map IN(x) is zero and AdaIN's output is its shift: one
+  value per channel for the whole image from the style vector alone, so two
+  objects cannot take two colours; read from a per-cell map it can."""
+  from dallex.models.generator import AdaIN
+  keys = jax.random.split(jax.random.key(0), 3)
+  cells = jax.random.normal(keys[0], (16, 2, 2, 3))      # each cell's wanted colour
+  local_map = jnp.concatenate([cells, jax.random.normal(keys[1], (16, 2, 2, 5))], -1)
+  target = jax.image.resize(cells, (16, 8, 8, 3), "linear")
+  style = cells.reshape(16, -1)                          # the style knows every colour
+  x = jnp.ones((16, 8, 8, 3))
+  norm = AdaIN()
+  params = norm.init(keys[2], x, style, local_map if local else None)
+
+  def loss(p):
+    return jnp.mean((norm.apply(p, x, style, local_map if local else None) - target) ** 2)
+
+  opt = optax.adam(3e-2)
+
+  @jax.jit
+  def step(p, s):
+    g = jax.grad(loss)(p)
+    u, s = opt.update(g, s)
+    return optax.apply_updates(p, u), s
+
+  state = opt.init(params)
+  for _ in range(400):
+    params, state = step(params, state)
+  spread = float(jnp.mean(target.var(axis=(1, 2))))      # the best a flat image can do
+  if local:
+    assert loss(params) < 0.01 * spread
+  else:
+    assert loss(params) >= spread * (1 - 1e-4)
+
+
+def test_local_style_starts_as_the_generator_without_it():
+  """The local projections start at zero: switched on, the generator draws the
+  same images from the same parameters until training moves them."""
+  config = tiny_config("dallex", 32)
+  batch = tiny_batch(config, 2)
+  images = {}
+  for local in (False, True):
+    config.model.generator.local_style = local
+    objective = build_objective(config)
+    g_params = init_params(objective, jax.random.key(0), batch)[0]
+    images[local] = _generate(objective, g_params, batch["ids"], batch["mask"]).images
+    locals_ = [k for k in jax.tree_util.tree_flatten_with_path(g_params)[0]
+               if "local" in jax.tree_util.keystr(k[0])]
+    assert bool(locals_) == local
+  np.testing.assert_allclose(images[True], images[False], atol=1e-6)
+
+
 def _binding_task():
   """Two objects, left and right, of different colours; a caption is two tokens
   (colour one-hot + place one-hot). The swapped caption (colours exchanged
@@ -305,6 +361,19 @@ def test_word_region_term_tells_which_object_is_where(word_region):
     # Each image's caption and its swapped twin get the very same logit.
     np.testing.assert_allclose(logit[labels > 0.5], logit[labels < 0.5], atol=1e-6)
     assert accuracy == 0.5
+
+
+def test_layout_loss_needs_the_layout_head():
+  config = tiny_config()
+  config.loss.layout = 1.0
+  with pytest.raises(ValueError, match="model.generator.layout_head=True"):
+    build_objective(config)
+  config.model.generator.layout_head = True
+  objective = build_objective(config)
+  batch = tiny_batch(config, 2)
+  g_params = init_params(objective, jax.random.key(0), batch)[0]
+  out = _generate(objective, g_params, batch["ids"], batch["mask"])
+  assert out.layout.shape == (2, 4, 4, 3)
 
 
 def test_hard_negative_captions_are_judged_with_the_real_images_as_fakes():

@@ -199,18 +199,24 @@ def summarize(verdicts: Sequence[Verdict]) -> dict[str, float]:
   four right) over all intended objects; ``one_object_accuracy`` (objects of
   1-object captions), ``two_object_accuracy`` (objects of 2-object captions)
   and ``two_object_image_accuracy`` (2-object captions with both objects
-  right); ``no_extra_rate`` and ``image_accuracy`` (all right and
+  right); ``{one,two}_object_{colour,shape,size,cell}_accuracy`` (each
+  attribute over the objects of 1- and of 2-object captions, to show which
+  one a scene of two loses); ``no_extra_rate`` and ``image_accuracy`` (all right and
   nothing extra) over images; the counts they are over.
   """
   objects = [o for v in verdicts for o in v.objects]
   one = [o for v in verdicts if len(v.objects) == 1 for o in v.objects]
   two = [v for v in verdicts if len(v.objects) == 2]
   mean = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")
+  two_objects = [o for v in two for o in v.objects]
   out = {f"{a}_accuracy": mean([getattr(o, a) for o in objects]) for a in ATTRIBUTES}
+  for name, group in (("one", one), ("two", two_objects)):
+    out.update({f"{name}_object_{a}_accuracy": mean([getattr(o, a) for o in group])
+                for a in ATTRIBUTES})
   out.update(
       object_accuracy=mean([o.right for o in objects]),
       one_object_accuracy=mean([o.right for o in one]),
-      two_object_accuracy=mean([o.right for v in two for o in v.objects]),
+      two_object_accuracy=mean([o.right for o in two_objects]),
       two_object_image_accuracy=mean([all(o.right for o in v.objects) for v in two]),
       no_extra_rate=mean([v.extra == 0 for v in verdicts]),
       image_accuracy=mean([v.right for v in verdicts]),

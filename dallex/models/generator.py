@@ -23,10 +23,13 @@ from dallex.models.text_encoder import TextEncoder, TextFeatures
 
 
 class GeneratorOutput(NamedTuple):
-  """images: [B, R, R, 3] in [-1, 1]; text: the encoder's features; cond: the CA sample."""
+  """images: [B, R, R, 3] in [-1, 1]; text: the encoder's features; cond: the CA
+  sample; layout: [B, G, G, 3], the grid tokens' guess of the image averaged
+  over each token's square (with ``layout_head``; else None)."""
   images: jax.Array
   text: TextFeatures
   cond: Conditioning
+  layout: jax.Array | None = None
 
 
 def num_doublings(resolution: int, start: int) -> int:
@@ -80,29 +83,44 @@ inward_clip.defvjp(_inward_clip_fwd, _inward_clip_bwd)
 
 class AdaIN(nn.Module):
   """Per-sample, per-channel normalisation modulated by the style vector:
-  IN(x) * (1 + scale(w)) + shift(w)."""
+  IN(x) * (1 + scale(w)) + shift(w).
+
+  With ``local`` (a [B, G, G, Dl] map), scale and shift also vary over the
+  image: scale(w) + scale_l(local) upsampled bilinearly to x's side, and
+  likewise the shift. One global scale and shift per channel can only paint
+  every object of a scene alike; read from the grid tokens, which
+  cross-attended to the caption, each region can take its own object's colour.
+  Both projections start at zero, so the block starts as the identity on IN(x).
+  """
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, style: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, style: jax.Array, local: jax.Array | None = None) -> jax.Array:
+    """x [B, H, W, C], style [B, S], local [B, G, G, Dl] or None -> [B, H, W, C]."""
     x32 = x.astype(jnp.float32)
     mean = x32.mean(axis=(1, 2), keepdims=True)
     var = x32.var(axis=(1, 2), keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + 1e-5)
-    scale, shift = jnp.split(
-        nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros, dtype=jnp.float32)(style),
-        2, axis=-1)
-    return (y * (1.0 + scale[:, None, None, :]) + shift[:, None, None, :]).astype(self.dtype)
+    zero_dense = lambda name=None: nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros,
+                                            dtype=jnp.float32, name=name)
+    modulation = zero_dense()(style)[:, None, None, :]
+    if local is not None:
+      local = zero_dense("local")(local.astype(jnp.float32))
+      modulation = modulation + jax.image.resize(
+          local, (*x.shape[:3], local.shape[-1]), "linear")
+    scale, shift = jnp.split(modulation, 2, axis=-1)
+    return (y * (1.0 + scale) + shift).astype(self.dtype)
 
 
 class UpBlock(nn.Module):
-  """x2 nearest upsampling, then two 3x3 convolutions, each followed by AdaIN(w)
-  and a leaky ReLU, with a 1x1 skip path."""
+  """x2 nearest upsampling, then two 3x3 convolutions, each followed by
+  AdaIN(w, local) and a leaky ReLU, with a 1x1 skip path."""
   channels: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, style: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, style: jax.Array, local: jax.Array | None = None) -> jax.Array:
+    """x [B, H, W, Cin], style [B, S], local [B, G, G, Dl] or None -> [B, 2H, 2W, C]."""
     # A 1x1 convolution commutes with nearest upsampling: applied before it,
     # the skip path does a quarter of the work (3-4x faster forward and
     # backward at shapes32's sizes on CPU) and computes the same values.
@@ -110,7 +128,7 @@ class UpBlock(nn.Module):
     x = upsample2x(x)
     for i in range(2):
       x = nn.Conv(self.channels, (3, 3), dtype=self.dtype, name=f"conv_{i}")(x)
-      x = nn.leaky_relu(AdaIN(self.dtype, name=f"norm_{i}")(x, style), 0.2)
+      x = nn.leaky_relu(AdaIN(self.dtype, name=f"norm_{i}")(x, style, local), 0.2)
     return (x + skip) / jnp.sqrt(2.0).astype(self.dtype)
 
 
@@ -127,6 +145,12 @@ class Generator(nn.Module):
     base_channels, min_channels: the first up block has ``base_channels``;
       each further one halves it, down to ``min_channels``.
     conditioning_augmentation: sample c around the caption's mean (off: c = mu).
+    local_style: every AdaIN also reads the grid tokens (see ``AdaIN``), so
+      the modulation varies over the image.
+    layout_head: a linear head on the grid tokens guesses the image's colours
+      averaged over each token's square (``GeneratorOutput.layout``), for
+      ``loss.layout``: a short path from the real image to the cross-attention
+      that reads the caption.
   """
   text_encoder: TextEncoder
   resolution: int
@@ -142,6 +166,8 @@ class Generator(nn.Module):
   base_channels: int = 128
   min_channels: int = 32
   conditioning_augmentation: bool = True
+  local_style: bool = False
+  layout_head: bool = False
   scan: bool = True
   remat: bool = False
   dtype: Dtype = jnp.float32
@@ -174,7 +200,10 @@ class Generator(nn.Module):
                          name="transformer")(x.astype(self.dtype), None, context, mask, w)
     x = Norm(self.dtype, name="grid_norm")(x, w)
     x = x.reshape(batch, self.grid, self.grid, self.width)
+    layout = (nn.Dense(3, dtype=jnp.float32, name="layout")(x).astype(jnp.float32)
+              if self.layout_head else None)
+    local = x if self.local_style else None
     for i, channels in enumerate(self.stage_channels()):
-      x = UpBlock(channels, self.dtype, name=f"up_{i}")(x, w)
+      x = UpBlock(channels, self.dtype, name=f"up_{i}")(x, w, local)
     rgb = nn.Conv(3, (1, 1), dtype=jnp.float32, name="to_rgb")(x).astype(jnp.float32)
-    return GeneratorOutput(inward_clip(rgb), text, cond)
+    return GeneratorOutput(inward_clip(rgb), text, cond, layout)
