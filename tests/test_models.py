@@ -136,7 +136,7 @@ def _zero_leaves(tree):
 @pytest.mark.parametrize("arch,loss", [
     ("dallex", dict(adversarial="hinge", gradient_penalty="r1")),
     ("dallex", dict(adversarial="nonsaturating", gradient_penalty="magp",
-                    feature_matching_paired=True, learn_temperature=False),
+                    feature_matching_paired=True, learn_temperature=False)),
     ("dallex", dict(word_region=True)),
     ("dallex", dict(word_region=True, gradient_penalty="magp")),
     ("dallex", dict(layout_head=True, layout=1.0)),
@@ -250,6 +250,21 @@ def test_conditioning_augmentation_samples_around_the_mean_and_can_be_switched_o
   np.testing.assert_array_equal(off.c, sampled.mu)
 
 
+def _fit(loss, params, steps, lr=3e-2):
+  """``steps`` full-batch Adam steps on ``loss(params)``."""
+  opt = optax.adam(lr)
+
+  @jax.jit
+  def step(p, s):
+    updates, s = opt.update(jax.grad(loss)(p), s)
+    return optax.apply_updates(p, updates), s
+
+  state = opt.init(params)
+  for _ in range(steps):
+    params, state = step(params, state)
+  return params
+
+
 @pytest.mark.parametrize("local", [False, True])
 def test_local_style_paints_two_regions_in_two_colours(local):
   """On a flat feature map IN(x) is zero and AdaIN's output is its shift: one
@@ -268,17 +283,7 @@ def test_local_style_paints_two_regions_in_two_colours(local):
   def loss(p):
     return jnp.mean((norm.apply(p, x, style, local_map if local else None) - target) ** 2)
 
-  opt = optax.adam(3e-2)
-
-  @jax.jit
-  def step(p, s):
-    g = jax.grad(loss)(p)
-    u, s = opt.update(g, s)
-    return optax.apply_updates(p, u), s
-
-  state = opt.init(params)
-  for _ in range(400):
-    params, state = step(params, state)
+  params = _fit(loss, params, 400)
   spread = float(jnp.mean(target.var(axis=(1, 2))))      # the best a flat image can do
   if local:
     assert loss(params) < 0.01 * spread
@@ -342,17 +347,7 @@ def test_word_region_term_tells_which_object_is_where(word_region):
     logit = d.apply(p, image, text, method="heads").logit
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logit, labels))
 
-  opt = optax.adam(3e-2)
-
-  @jax.jit
-  def step(p, s):
-    g = jax.grad(loss)(p)
-    u, s = opt.update(g, s)
-    return optax.apply_updates(p, u), s
-
-  state = opt.init(params)
-  for _ in range(300):
-    params, state = step(params, state)
+  params = _fit(loss, params, 300)
   logit = np.asarray(d.apply(params, image, text, method="heads").logit)
   accuracy = np.mean((logit > 0) == (labels > 0.5))
   if word_region:
