@@ -11,9 +11,9 @@ from dallex.text import ByteTokenizer, TruncationWarning
 
 
 def test_probe_tells_features_that_bind_from_a_bag_of_colours():
-  """Each object's own colour is one of 8, the other object's another. Features
-  bound to the object hold its colour first; a bag holds the two colours in an
-  order unrelated to which object is which."""
+  """Each object's own colour is one of 8, the other object's another. Bound
+  features hold the object's colour apart from the other's; a bag holds both
+  alike, with nothing to say which is whose."""
   rng = np.random.default_rng(0)
   own = rng.integers(0, 8, 4000)
   other = (own + rng.integers(1, 8, 4000)) % 8

@@ -7,9 +7,13 @@ output) and the grid token under the object's cell (its grid Transformer's
 output, after the cross-attention to the caption). A ridge-regression probe,
 fit on three quarters of the objects and scored on the rest, predicts from
 each vector the object's own colour and the other object's colour. Features
-that bind each colour to its object predict the own colour far better than
-the other's; features that hold the scene's two colours as a bag predict
-both equally well (about 0.5 each when they know the pair but not the order).
+that hold the scene's two colours as a bag read both equally, at about 0.5
+each when they know the pair (which of the two is whose is not in them);
+features that bind each colour to its object read the own colour well above 0.5.
+
+``train_front_end`` asks the complementary question: trained directly to
+name the colour under each object, can a fresh copy of the same
+caption-to-grid path learn the binding at all?
 """
 
 from __future__ import annotations
@@ -132,7 +136,8 @@ def binding_probes(sampler, captions: Sequence[str], seed: int = 0,
 class FrontEnd(nn.Module):
   """The generator's path from caption to grid tokens (its text encoder, then
   the grid Transformer cross-attending to the caption), without the style
-  vector, and a head that names the colour drawn under each grid token."""
+  vector, and a head that names the colour drawn under each grid token
+  (``num_classes`` logits)."""
   text_encoder: TextEncoder
   grid: int
   width: int
@@ -188,7 +193,7 @@ def train_front_end(model: ml_collections.ConfigDict, steps: int, batch_size: in
   text, g = model.text, model.generator
   net = FrontEnd(TextEncoder(VOCAB_SIZE, text.max_length, text.width, text.depth, text.heads,
                              text.mlp_ratio),
-                 g.grid, g.width, g.depth, g.heads, g.mlp_ratio, len(shapes.COLOURS) + 1)
+                 g.grid, g.width, g.depth, g.heads, g.mlp_ratio, len(shapes.COLOURS))
   tokenizer = ByteTokenizer(text.max_length)
   rng = np.random.default_rng(seed)
   test_ids, test_mask, test_labels = _two_object_batch(np.random.default_rng(seed + 1),
@@ -198,8 +203,9 @@ def train_front_end(model: ml_collections.ConfigDict, steps: int, batch_size: in
   state = opt.init(params)
 
   def loss(p, ids, mask, labels):
-    held = labels != len(shapes.COLOURS)
-    xent = optax.softmax_cross_entropy_with_integer_labels(net.apply(p, ids, mask), labels)
+    held = labels != len(shapes.COLOURS)  # empty tokens name no colour: left out
+    xent = optax.softmax_cross_entropy_with_integer_labels(net.apply(p, ids, mask),
+                                                           jnp.where(held, labels, 0))
     return (xent * held).sum() / held.sum()
 
   @jax.jit
