@@ -32,16 +32,20 @@ def default_config() -> ml_collections.ConfigDict:
       remat=False,
       z_dim=64,
       ca_dim=64,
-      text=dict(max_length=96, width=128, depth=2, heads=4, mlp_ratio=4),
+      # conv_kernel > 0: conv_layers residual convolutions over bytes before the Transformer
+      text=dict(max_length=96, width=128, depth=2, heads=4, mlp_ratio=4, conv_kernel=0,
+                conv_layers=2),
       generator=dict(style_dim=128, mapping_depth=2, grid=4, width=128, depth=2, heads=4,
                      mlp_ratio=4, base_channels=128, min_channels=32,
                      conditioning_augmentation=True,  # off: c = mu (set loss.kl=0)
+                     style_from_text=True,  # off: the style reads z alone; text via the grid
                      local_style=False,   # AdaIN also reads the grid tokens, per region
                      layout_head=False),  # the grid tokens guess the coarse image (loss.layout)
       discriminator=dict(base_channels=32, max_channels=256, hidden=256, embed_dim=128,
                          text_source="own",
                          word_region=False,  # a word-region matching term in D's logit
-                         text=dict(max_length=96, width=64, depth=1, heads=4, mlp_ratio=4)),
+                         text=dict(max_length=96, width=64, depth=1, heads=4, mlp_ratio=4,
+                                   conv_kernel=0, conv_layers=2)),
       seed=dict(emb_dim=64, hidden_dim=256),
   ))
 
@@ -60,6 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
                               # block averages (needs model.generator.layout_head)
       contrastive_d=1.0,      # InfoNCE on real pairs, trains D's heads
       contrastive_g=1.0,      # InfoNCE of generated images with their captions, trains G
+      contrastive_negatives=False,  # both InfoNCEs also rank the hard-negative captions
+                                    # (needs data.hard_negatives)
       learn_temperature=True,
       kl=1.0,
   ))

@@ -120,17 +120,25 @@ def layout_l1(layout: jax.Array, real: jax.Array) -> jax.Array:
                           - jax.lax.stop_gradient(block_mean(real, layout.shape[1]))))
 
 
-def info_nce(img_emb: jax.Array, txt_emb: jax.Array, logit_scale: jax.Array | float) -> jax.Array:
+def info_nce(img_emb: jax.Array, txt_emb: jax.Array, logit_scale: jax.Array | float,
+             negative_txt_emb: jax.Array | None = None) -> jax.Array:
   """Symmetric InfoNCE (CLIP), the article's "encoder loss": image i must pick
   caption i among the batch's captions and vice versa.
 
-  loss = (CE(s * I T^T, diag) + CE(s * T I^T, diag)) / 2 with I, T the
-  L2-normalised embeddings [B, E] and s the inverse temperature.
+  loss = (CE(s * I [T; N]^T, diag) + CE(s * T I^T, diag)) / 2 with I, T the
+  L2-normalised embeddings [B, E], s the inverse temperature and N [B', E] the
+  optional hard-negative captions (empty when None): every image must also
+  prefer its caption to all of them, which a pooled bag of words cannot do when
+  N holds the same words bound to other objects.
   """
-  logits = logit_scale * l2_normalize(img_emb.astype(jnp.float32)) @ l2_normalize(
-      txt_emb.astype(jnp.float32)).T
+  img, txt = l2_normalize(img_emb.astype(jnp.float32)), l2_normalize(txt_emb.astype(jnp.float32))
+  logits = logit_scale * img @ txt.T
   labels = jnp.arange(logits.shape[0])
-  image_to_text = -jnp.mean(jax.nn.log_softmax(logits, axis=1)[labels, labels])
+  row_logits = logits
+  if negative_txt_emb is not None:
+    negatives = logit_scale * img @ l2_normalize(negative_txt_emb.astype(jnp.float32)).T
+    row_logits = jnp.concatenate([logits, negatives], axis=1)
+  image_to_text = -jnp.mean(jax.nn.log_softmax(row_logits, axis=1)[labels, labels])
   text_to_image = -jnp.mean(jax.nn.log_softmax(logits, axis=0)[labels, labels])
   return 0.5 * (image_to_text + text_to_image)
 

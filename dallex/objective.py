@@ -3,13 +3,14 @@
     discriminator_loss(d_params, g_params, batch, key)
       = adversarial(real, [generated, mismatched, hard negatives])   real pairs vs fakes
         + gradient penalty (R1 or MA-GP) on real pairs
-        + contrastive_d * InfoNCE(real images, their captions)
+        + contrastive_d * InfoNCE(real images, their captions [, hard negatives])
     generator_loss(g_params, d_params, batch, key)
       = adversarial(generated)
         + feature_matching * FM(D features of real, generated)    "perceptual loss"
         + feature_net_weight * frozen-network distance (optional)
         + layout * L1(G's grid guess of the layout, real averaged to G^2 blocks) (optional)
-        + contrastive_g * InfoNCE(generated images, their captions)  "encoder loss"
+        + contrastive_g * InfoNCE(generated images, their captions [, hard negatives])
+                                                                     "encoder loss"
         + kl * KL(conditioning augmentation || N(0, I))
 
 Each loss stops gradients into the other player's tree, so the gradient of
@@ -20,7 +21,8 @@ A batch is a dict with ``image`` float [B, R, R, 3] in [-1, 1], ``ids`` int32
 [B, L], ``mask`` bool [B, L]; ``index`` int [B] (optional, default arange)
 holds the examples' global positions, which pick each example's noise;
 ``neg_ids``, ``neg_mask`` [B, L] (optional) are hard negative captions, which
-D learns to reject with the real images.
+D learns to reject with the real images; with ``loss.contrastive_negatives``
+both InfoNCE terms also rank them below each image's own caption.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class GanObjective:
                        f"{self.loss.gradient_penalty!r}")
     if self.loss.feature_net_weight and self.feature_net is None:
       raise ValueError("loss.feature_net_weight > 0 needs loss.feature_net_path")
+    if self.loss.get("contrastive_negatives", False) and self.text_source != "own":
+      raise ValueError("loss.contrastive_negatives needs the discriminator's own text "
+                       "encoder (model.discriminator.text_source='own')")
     if self.loss.get("layout", 0.0) and not getattr(self.generator, "layout_head", False):
       raise ValueError("loss.layout > 0 needs a generator with a layout head: set "
                        "model.generator.layout_head=True (dallex architecture)")
@@ -98,6 +103,19 @@ class GanObjective:
     if self.text_source == "generator":
       return jax.tree.map(jax.lax.stop_gradient, g_text)
     return self._d(d_params, "encode_text", batch["ids"], batch["mask"])
+
+  def _negatives_in_nce(self, batch) -> bool:
+    if not self.loss.get("contrastive_negatives", False):
+      return False
+    if "neg_ids" not in batch:
+      raise ValueError("loss.contrastive_negatives needs hard-negative captions in the batch "
+                       "(neg_ids, neg_mask): set data.hard_negatives=True")
+    return True
+
+  def _negative_emb(self, d_params, batch, h, axis_name):
+    """The hard-negative captions' InfoNCE embeddings (global batch) [B', E]."""
+    text = self._d(d_params, "encode_text", batch["neg_ids"], batch["neg_mask"])
+    return self._gather(self._d(d_params, "heads", h, text).txt_emb, axis_name)
 
   def _logit_scale(self, judgement):
     if self.loss.learn_temperature:
@@ -156,7 +174,9 @@ class GanObjective:
       metrics["d_magp"] = magp
     if self.loss.contrastive_d:
       nce = losses.info_nce(self._gather(j_real.img_emb, axis_name),
-                            self._gather(j_real.txt_emb, axis_name), self._logit_scale(j_real))
+                            self._gather(j_real.txt_emb, axis_name), self._logit_scale(j_real),
+                            self._gather(j_neg.txt_emb, axis_name)
+                            if self._negatives_in_nce(batch) else None)
       total += self.loss.contrastive_d * nce
       metrics["d_contrastive"] = nce
     metrics["d_loss"] = total
@@ -197,7 +217,9 @@ class GanObjective:
       metrics["g_layout"] = layout
     if self.loss.contrastive_g:
       nce = losses.info_nce(self._gather(j_fake.img_emb, axis_name),
-                            self._gather(j_fake.txt_emb, axis_name), j_fake.logit_scale)
+                            self._gather(j_fake.txt_emb, axis_name), j_fake.logit_scale,
+                            self._negative_emb(d_params, batch, h_fake, axis_name)
+                            if self._negatives_in_nce(batch) else None)
       total += self.loss.contrastive_g * nce
       metrics["g_contrastive"] = nce
     if self.loss.kl:
@@ -224,6 +246,10 @@ def build_objective(config) -> GanObjective:
     text_source = "own"  # its encode_text gives an empty sentence: it reads no text
   else:
     text_source = config.model.discriminator.text_source
+  if config.loss.get("contrastive_negatives", False) and not config.data.get(
+      "hard_negatives", False):
+    raise ValueError("loss.contrastive_negatives ranks the batch's hard-negative captions: "
+                     "set data.hard_negatives=True")
   if config.data.get("hard_negatives", False) and text_source != "own":
     raise ValueError("data.hard_negatives needs the discriminator's own text encoder "
                      "(model.discriminator.text_source='own')")

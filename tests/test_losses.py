@@ -87,6 +87,18 @@ def test_info_nce_extremes_and_hand_value():
   assert float(losses.info_nce(jnp.eye(2), jnp.eye(2), 1.0)) == pytest.approx(expected, rel=1e-5)
 
 
+def test_info_nce_hard_negatives_join_the_image_to_caption_side_only():
+  eye = jnp.eye(2)
+  assert float(losses.info_nce(eye, eye, 1.0, None)) == float(losses.info_nce(eye, eye, 1.0))
+  # Each image's negative is its own caption: its row's logits become [1, 0, 1, 0] or
+  # [0, 1, 0, 1]; the caption-to-image side keeps [1, 0].
+  by_hand = 0.5 * (-math.log(math.e / (2 * math.e + 2)) - math.log(math.e / (math.e + 1)))
+  assert float(losses.info_nce(eye, eye, 1.0, eye)) == pytest.approx(by_hand, rel=1e-5)
+  # A negative far from every image (opposite direction) barely counts.
+  far = float(losses.info_nce(eye, eye, 10.0, -jnp.ones((2, 2))))
+  assert far == pytest.approx(float(losses.info_nce(eye, eye, 10.0)), abs=1e-4)
+
+
 def test_feature_matching_hand_values_and_stop_gradient():
   real = [jnp.array([[1.0, 2.0], [3.0, 4.0]])]
   fake = [jnp.array([[0.0, 0.0], [1.0, 1.0]])]

@@ -1,4 +1,5 @@
 import functools
+import math
 import warnings
 
 import jax
@@ -9,11 +10,12 @@ import pytest
 
 from conftest import tiny_batch, tiny_config
 from dallex import noise
-from dallex.models import Discriminator, ImageFeatures, TextFeatures, build_models
+from dallex.models import (Discriminator, ImageFeatures, TextEncoder, TextFeatures,
+                           build_models)
 from dallex.models.generator import inward_clip, upsample2x
 from dallex.models.layers import dot_product_attention
 from dallex.objective import build_objective, init_params
-from dallex.text import PAD_ID
+from dallex.text import PAD_ID, VOCAB_SIZE, ByteTokenizer
 
 warnings.filterwarnings("ignore", message=".*captions truncated.*")
 
@@ -390,3 +392,63 @@ def test_hard_negative_captions_are_judged_with_the_real_images_as_fakes():
   seed.data.hard_negatives = True
   with pytest.raises(ValueError, match="reads no text"):
     build_objective(seed)
+
+
+def test_contrastive_negatives_enter_both_players_infonce():
+  config, objective, batch, g_params, d_params = _setup()
+  # The very captions as their own "negatives": each image's row gains a column equal
+  # to its diagonal logit, so both InfoNCE terms must rise (by at most log 2).
+  same = dict(batch, neg_ids=batch["ids"], neg_mask=batch["mask"])
+  key = jax.random.key(3)
+  plain = {"d": objective.discriminator_loss(d_params, g_params, same, key)[1]["d_contrastive"],
+           "g": objective.generator_loss(g_params, d_params, same, key)[1]["g_contrastive"]}
+  config.data.hard_negatives = True
+  config.loss.contrastive_negatives = True
+  ranked = build_objective(config)
+  with_negatives = {
+      "d": ranked.discriminator_loss(d_params, g_params, same, key)[1]["d_contrastive"],
+      "g": ranked.generator_loss(g_params, d_params, same, key)[1]["g_contrastive"]}
+  for player in "dg":
+    assert 0.0 < float(with_negatives[player] - plain[player]) < 0.5 * math.log(2) + 1e-6
+  with pytest.raises(ValueError, match="neg_ids"):
+    ranked.generator_loss(g_params, d_params, batch, key)
+  config.data.hard_negatives = False
+  with pytest.raises(ValueError, match="data.hard_negatives=True"):
+    build_objective(config)
+
+
+def test_text_convolutions_see_no_padding_and_reach_their_kernel():
+  encoder = TextEncoder(VOCAB_SIZE, 48, 16, depth=0, num_heads=2, conv_kernel=5, conv_layers=1)
+  ids, mask = ByteTokenizer(48).encode(["a red circle", "a red circle"])
+  params = encoder.init(jax.random.key(0), ids, mask)
+  assert "conv_0" in params["params"]
+  tokens = encoder.apply(params, ids, mask).tokens
+  # Padding: the same caption in a shorter row gives the same tokens.
+  short = encoder.apply(params, ids[:, :20], mask[:, :20]).tokens
+  np.testing.assert_allclose(short, tokens[:, :20], atol=1e-5)
+  # Reach: with no attention (depth 0), changing byte 7 moves tokens 5..9 only.
+  changed = ids.copy()
+  changed[1, 7] += 1
+  moved = np.abs(np.asarray(encoder.apply(params, changed, mask).tokens[1] - tokens[1])).max(-1)
+  assert set(np.flatnonzero(moved > 1e-6)) == set(range(5, 10))
+
+
+@pytest.mark.parametrize("from_text", [True, False])
+def test_style_reads_the_caption_only_when_asked(from_text):
+  config = tiny_config()
+  config.model.generator.style_from_text = from_text
+  generator = build_objective(config).generator
+  batch = tiny_batch(config, 2, captions=["a small red circle on the left",
+                                          "a large blue square at the top"])
+  # The same noise for both rows: only the captions differ.
+  z, eps = noise.latents(jax.random.key(1), jnp.zeros(2, jnp.int32), config.model.z_dim,
+                         config.model.ca_dim)
+  params = generator.init(jax.random.key(0), batch["ids"], batch["mask"], z, eps)
+  last = f"mapping_{config.model.generator.mapping_depth - 1}"
+  out, state = generator.apply(params, batch["ids"], batch["mask"], z, eps,
+                               capture_intermediates=lambda m, _: m.name == last,
+                               mutable=["intermediates"])
+  style = state["intermediates"][last]["__call__"][0]
+  assert bool(jnp.allclose(style[0], style[1])) == (not from_text)
+  # Either way the caption reaches the image (through the grid's cross-attention).
+  assert float(jnp.abs(out.images[0] - out.images[1]).max()) > 1e-3

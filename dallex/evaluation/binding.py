@@ -192,7 +192,8 @@ def train_front_end(model: ml_collections.ConfigDict, steps: int, batch_size: in
   """
   text, g = model.text, model.generator
   net = FrontEnd(TextEncoder(VOCAB_SIZE, text.max_length, text.width, text.depth, text.heads,
-                             text.mlp_ratio),
+                             text.mlp_ratio, text.get("conv_kernel", 0),
+                             text.get("conv_layers", 2)),
                  g.grid, g.width, g.depth, g.heads, g.mlp_ratio, len(shapes.COLOURS))
   tokenizer = ByteTokenizer(text.max_length)
   rng = np.random.default_rng(seed)

@@ -40,6 +40,7 @@ def compute_dtype(name: str):
 def _text_encoder(cfg, dtype, scan, remat) -> TextEncoder:
   return TextEncoder(vocab_size=VOCAB_SIZE, max_length=cfg.max_length, width=cfg.width,
                      depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
+                     conv_kernel=cfg.get("conv_kernel", 0), conv_layers=cfg.get("conv_layers", 2),
                      scan=scan, remat=remat, dtype=dtype)
 
 
@@ -66,7 +67,8 @@ def build_models(model, resolution: int) -> tuple[nn.Module, nn.Module]:
       num_heads=g.heads, mlp_ratio=g.mlp_ratio, base_channels=g.base_channels,
       min_channels=g.min_channels,
       conditioning_augmentation=g.get("conditioning_augmentation", True),
-      local_style=g.get("local_style", False), layout_head=g.get("layout_head", False),
+      style_from_text=g.get("style_from_text", True), local_style=g.get("local_style", False),
+      layout_head=g.get("layout_head", False),
       scan=model.scan, remat=model.remat, dtype=dtype)
   if d.text_source not in ("own", "generator"):
     raise ValueError(f"model.discriminator.text_source must be 'own' or 'generator', "

@@ -19,12 +19,18 @@ class TextFeatures(NamedTuple):
 
 
 class TextEncoder(nn.Module):
-  """Token + learned position embeddings, pre-LN Transformer blocks with masked
-  self-attention, a final LayerNorm, and masked mean pooling.
+  """Token + learned position embeddings, optional residual convolutions over
+  neighbouring tokens, pre-LN Transformer blocks with masked self-attention, a
+  final LayerNorm, and masked mean pooling.
 
-  Padding never influences real tokens: padded keys get zero attention weight
-  and are left out of the pooled sentence vector, so appending PAD tokens
-  changes neither.
+  The convolutions (``conv_layers`` of width ``conv_kernel``; 0 = none) give
+  every byte its phrase's words directly: with byte tokens, a colour is 10-25
+  positions from the place it belongs to, and attention over learned absolute
+  positions is slow to learn such a fixed reach (RESULTS.md section 14).
+
+  Padding never influences real tokens: padded keys get zero attention weight,
+  padded positions enter the convolutions as zeros, and both are left out of
+  the pooled sentence vector, so appending PAD tokens changes nothing.
   """
   vocab_size: int
   max_length: int
@@ -32,6 +38,8 @@ class TextEncoder(nn.Module):
   depth: int
   num_heads: int
   mlp_ratio: int = 4
+  conv_kernel: int = 0
+  conv_layers: int = 2
   scan: bool = True
   remat: bool = False
   dtype: Dtype = jnp.float32
@@ -46,6 +54,11 @@ class TextEncoder(nn.Module):
     position = self.param("position_embed", nn.initializers.normal(0.02),
                           (self.max_length, self.width))
     x = (x + position[:ids.shape[1]]).astype(self.dtype)
+    keep = mask[..., None].astype(self.dtype)
+    for i in range(self.conv_layers if self.conv_kernel else 0):
+      h = Norm(self.dtype, name=f"conv_norm_{i}")(x) * keep
+      x = x + nn.Conv(self.width, (self.conv_kernel,), padding="SAME", dtype=self.dtype,
+                      name=f"conv_{i}")(h)
     x = TransformerStack(self.depth, self.num_heads, self.mlp_ratio, scan=self.scan,
                          remat=self.remat, dtype=self.dtype, name="transformer")(x, mask)
     tokens = Norm(jnp.float32, name="final_norm")(x)
