@@ -38,7 +38,6 @@ def default_config() -> ml_collections.ConfigDict:
       generator=dict(style_dim=128, mapping_depth=2, grid=4, width=128, depth=2, heads=4,
                      mlp_ratio=4, base_channels=128, min_channels=32,
                      conditioning_augmentation=True,  # off: c = mu (set loss.kl=0)
-                     style_from_text=True,  # off: the style reads z alone; text via the grid
                      local_style=False,   # AdaIN also reads the grid tokens, per region
                      layout_head=False),  # the grid tokens guess the coarse image (loss.layout)
       discriminator=dict(base_channels=32, max_channels=256, hidden=256, embed_dim=128,

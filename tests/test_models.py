@@ -432,23 +432,3 @@ def test_text_convolutions_see_no_padding_and_reach_their_kernel():
   moved = np.abs(np.asarray(encoder.apply(params, changed, mask).tokens[1] - tokens[1])).max(-1)
   assert set(np.flatnonzero(moved > 1e-6)) == set(range(5, 10))
 
-
-@pytest.mark.parametrize("from_text", [True, False])
-def test_style_reads_the_caption_only_when_asked(from_text):
-  config = tiny_config()
-  config.model.generator.style_from_text = from_text
-  generator = build_objective(config).generator
-  batch = tiny_batch(config, 2, captions=["a small red circle on the left",
-                                          "a large blue square at the top"])
-  # The same noise for both rows: only the captions differ.
-  z, eps = noise.latents(jax.random.key(1), jnp.zeros(2, jnp.int32), config.model.z_dim,
-                         config.model.ca_dim)
-  params = generator.init(jax.random.key(0), batch["ids"], batch["mask"], z, eps)
-  last = f"mapping_{config.model.generator.mapping_depth - 1}"
-  out, state = generator.apply(params, batch["ids"], batch["mask"], z, eps,
-                               capture_intermediates=lambda m, _: m.name == last,
-                               mutable=["intermediates"])
-  style = state["intermediates"][last]["__call__"][0]
-  assert bool(jnp.allclose(style[0], style[1])) == (not from_text)
-  # Either way the caption reaches the image (through the grid's cross-attention).
-  assert float(jnp.abs(out.images[0] - out.images[1]).max()) > 1e-3

@@ -67,8 +67,7 @@ def build_models(model, resolution: int) -> tuple[nn.Module, nn.Module]:
       num_heads=g.heads, mlp_ratio=g.mlp_ratio, base_channels=g.base_channels,
       min_channels=g.min_channels,
       conditioning_augmentation=g.get("conditioning_augmentation", True),
-      style_from_text=g.get("style_from_text", True), local_style=g.get("local_style", False),
-      layout_head=g.get("layout_head", False),
+      local_style=g.get("local_style", False), layout_head=g.get("layout_head", False),
       scan=model.scan, remat=model.remat, dtype=dtype)
   if d.text_source not in ("own", "generator"):
     raise ValueError(f"model.discriminator.text_source must be 'own' or 'generator', "

@@ -145,10 +145,6 @@ class Generator(nn.Module):
     base_channels, min_channels: the first up block has ``base_channels``;
       each further one halves it, down to ``min_channels``.
     conditioning_augmentation: sample c around the caption's mean (off: c = mu).
-    style_from_text: the mapping MLP reads the caption's c besides z. False:
-      z alone, so the caption reaches the image only through the grid's
-      cross-attention, cell by cell, and a global style cannot paint every
-      object of a scene the colour of one of them.
     local_style: every AdaIN also reads the grid tokens (see ``AdaIN``), so
       the modulation varies over the image.
     layout_head: a linear head on the grid tokens guesses the image's colours
@@ -170,7 +166,6 @@ class Generator(nn.Module):
   base_channels: int = 128
   min_channels: int = 32
   conditioning_augmentation: bool = True
-  style_from_text: bool = True
   local_style: bool = False
   layout_head: bool = False
   scan: bool = True
@@ -191,7 +186,7 @@ class Generator(nn.Module):
     text = self.text_encoder(ids, mask)
     cond = ConditioningAugmentation(self.ca_dim, self.conditioning_augmentation,
                                     name="conditioning")(text.sentence, ca_eps)
-    w = jnp.concatenate([z, cond.c], axis=-1) if self.style_from_text else z
+    w = jnp.concatenate([z, cond.c], axis=-1)
     for i in range(self.mapping_depth):
       w = nn.leaky_relu(nn.Dense(self.style_dim, name=f"mapping_{i}")(w), 0.2)
 
