@@ -29,9 +29,10 @@ import optax
 
 from dallex import noise
 from dallex.data import shapes
+from dallex.models import build_text_encoder
 from dallex.models.layers import Norm, TransformerStack
 from dallex.models.text_encoder import TextEncoder
-from dallex.text import EOS_ID, VOCAB_SIZE, ByteTokenizer
+from dallex.text import EOS_ID, ByteTokenizer
 
 
 def ridge_probe_accuracy(x: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -191,10 +192,8 @@ def train_front_end(model: ml_collections.ConfigDict, steps: int, batch_size: in
   grid tokens that hold an object. Returns (step, accuracy on 512 other scenes).
   """
   text, g = model.text, model.generator
-  net = FrontEnd(TextEncoder(VOCAB_SIZE, text.max_length, text.width, text.depth, text.heads,
-                             text.mlp_ratio, text.get("conv_kernel", 0),
-                             text.get("conv_layers", 2)),
-                 g.grid, g.width, g.depth, g.heads, g.mlp_ratio, len(shapes.COLOURS))
+  net = FrontEnd(build_text_encoder(text), g.grid, g.width, g.depth, g.heads, g.mlp_ratio,
+                 len(shapes.COLOURS))
   tokenizer = ByteTokenizer(text.max_length)
   rng = np.random.default_rng(seed)
   test_ids, test_mask, test_labels = _two_object_batch(np.random.default_rng(seed + 1),

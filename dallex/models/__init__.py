@@ -24,8 +24,8 @@ from dallex.models.seed import SeedDiscriminator, SeedGenerator, SeedTextEncoder
 from dallex.models.text_encoder import TextEncoder, TextFeatures
 from dallex.text import VOCAB_SIZE
 
-__all__ = ["build_models", "compute_dtype", "Generator", "Discriminator", "GeneratorOutput",
-           "ImageFeatures", "Judgement", "TextEncoder", "TextFeatures"]
+__all__ = ["build_models", "build_text_encoder", "compute_dtype", "Generator", "Discriminator",
+           "GeneratorOutput", "ImageFeatures", "Judgement", "TextEncoder", "TextFeatures"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -37,7 +37,11 @@ def compute_dtype(name: str):
   return _DTYPES[name]
 
 
-def _text_encoder(cfg, dtype, scan, remat) -> TextEncoder:
+def build_text_encoder(cfg, dtype=jnp.float32, scan: bool = True,
+                       remat: bool = False) -> TextEncoder:
+  """The TextEncoder a text config describes (``config.model.text`` or
+  ``config.model.discriminator.text``); older configs without the convolution
+  keys get none."""
   return TextEncoder(vocab_size=VOCAB_SIZE, max_length=cfg.max_length, width=cfg.width,
                      depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
                      conv_kernel=cfg.get("conv_kernel", 0), conv_layers=cfg.get("conv_layers", 2),
@@ -61,7 +65,7 @@ def build_models(model, resolution: int) -> tuple[nn.Module, nn.Module]:
   dtype = compute_dtype(model.dtype)
   g, d = model.generator, model.discriminator
   generator = Generator(
-      text_encoder=_text_encoder(model.text, dtype, model.scan, model.remat),
+      text_encoder=build_text_encoder(model.text, dtype, model.scan, model.remat),
       resolution=resolution, z_dim=model.z_dim, ca_dim=model.ca_dim, style_dim=g.style_dim,
       mapping_depth=g.mapping_depth, grid=g.grid, width=g.width, depth=g.depth,
       num_heads=g.heads, mlp_ratio=g.mlp_ratio, base_channels=g.base_channels,
@@ -72,7 +76,7 @@ def build_models(model, resolution: int) -> tuple[nn.Module, nn.Module]:
   if d.text_source not in ("own", "generator"):
     raise ValueError(f"model.discriminator.text_source must be 'own' or 'generator', "
                      f"got {d.text_source!r}")
-  d_text = _text_encoder(d.text, dtype, model.scan, model.remat) if d.text_source == "own" else None
+  d_text = build_text_encoder(d.text, dtype, model.scan, model.remat) if d.text_source == "own" else None
   discriminator = Discriminator(
       resolution=resolution, base_channels=d.base_channels, max_channels=d.max_channels,
       hidden=d.hidden, embed_dim=d.embed_dim, text_encoder=d_text,
