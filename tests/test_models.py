@@ -12,7 +12,7 @@ from conftest import tiny_batch, tiny_config
 from dallex import noise
 from dallex.models import (Discriminator, ImageFeatures, TextEncoder, TextFeatures,
                            build_models)
-from dallex.models.generator import inward_clip, upsample2x
+from dallex.models.generator import AdaIN, UpsampleConv, inward_clip, upsample2x
 from dallex.models.layers import dot_product_attention
 from dallex.objective import build_objective, init_params
 from dallex.text import PAD_ID, VOCAB_SIZE, ByteTokenizer
@@ -103,6 +103,50 @@ def test_upsampling_copies_each_pixel_to_a_2x2_block_and_sums_its_gradient_back(
   g = jax.random.normal(jax.random.key(1), y.shape)
   block_sums = g.reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4))
   np.testing.assert_allclose(jax.vjp(upsample2x, x)[1](g)[0], block_sums, rtol=1e-6)
+
+
+def test_upsample_conv_is_the_convolution_of_the_upsampled_input():
+  """Values and gradients of conv3x3(upsample2x(x)), borders included, from
+  the same parameters: nn.Conv's, initialised alike from the same key."""
+  import flax.linen as nn
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+  conv = UpsampleConv(6)
+  params = conv.init(jax.random.key(1), x)
+  reference = nn.Conv(6, (3, 3))
+  conv_params = jax.tree.map(np.asarray, reference.init(jax.random.key(1), upsample2x(x)))
+  jax.tree.map(np.testing.assert_array_equal, params, conv_params)
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+
+  def both(p, x):
+    return conv.apply(p, x), reference.apply(p, upsample2x(x))
+
+  fast, slow = both(params, x)
+  assert fast.shape == (2, 6, 10, 6)
+  np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
+  g = jax.random.normal(jax.random.key(3), fast.shape)
+  grads = [jax.grad(lambda p, x, i=i: jnp.sum(both(p, x)[i] * g), argnums=(0, 1))(params, x)
+           for i in range(2)]
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-4), *grads)
+  half = UpsampleConv(6, dtype=jnp.bfloat16).apply(params, x)
+  assert half.dtype == jnp.bfloat16
+  np.testing.assert_allclose(half.astype(jnp.float32), slow, rtol=0.05, atol=0.1)
+
+
+def test_adain_is_the_modulated_instance_norm_formula():
+  """IN(x) * (1 + scale) + shift, per sample and channel, with the two-pass
+  variance as reference, also where the mean is large against the spread."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = 20.0 + 0.5 * jax.random.normal(keys[0], (3, 6, 5, 4))
+  style = jax.random.normal(keys[1], (3, 7))
+  norm = AdaIN()
+  params = norm.init(keys[2], x, style)
+  params = jax.tree.map(lambda p: jax.random.normal(keys[2], p.shape), params)
+  dense = params["params"]["Dense_0"]
+  scale, shift = jnp.split(style @ dense["kernel"] + dense["bias"], 2, axis=-1)
+  mean = x.mean(axis=(1, 2), keepdims=True)
+  unit = (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(axis=(1, 2), keepdims=True) + 1e-5)
+  expected = unit * (1 + scale[:, None, None]) + shift[:, None, None]
+  np.testing.assert_allclose(norm.apply(params, x, style), expected, rtol=1e-3, atol=1e-3)
 
 
 def test_resolution_must_be_grid_times_power_of_two():
@@ -272,7 +316,6 @@ def test_local_style_paints_two_regions_in_two_colours(local):
   """On a flat feature map IN(x) is zero and AdaIN's output is its shift: one
   value per channel for the whole image from the style vector alone, so two
   objects cannot take two colours; read from a per-cell map it can."""
-  from dallex.models.generator import AdaIN
   keys = jax.random.split(jax.random.key(0), 3)
   cells = jax.random.normal(keys[0], (16, 2, 2, 3))      # each cell's wanted colour
   local_map = jnp.concatenate([cells, jax.random.normal(keys[1], (16, 2, 2, 5))], -1)
