@@ -13,15 +13,22 @@ unrolled (``model.scan=False``: the same arithmetic); times are of the
 configured (scanned) step. FLOPs are always counted by XLA:CPU, also on an
 accelerator: on an H200 (jax 0.11.2), XLA:GPU's analysis counted 4.4 GFLOP for
 the bfloat16 ``shapes32`` step that XLA:CPU counts at 20.4.
-Sections: --only=train,profile,compile,sample,input,devices picks some.
+Sections: --only=train,profile,ops,compile,sample,input,devices picks some; ``ops``
+lists the instructions of the train step and of sampling by their time in a
+``jax.profiler`` trace.
 """
 
+import collections
 import functools
+import glob
+import gzip
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -41,9 +48,10 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.",
                                 lock_config=True)
 flags.DEFINE_string("out", None, "Write the results here as JSON.")
-flags.DEFINE_string("only", "train,profile,compile,sample,input,devices", "Sections to run.")
+flags.DEFINE_string("only", "train,profile,ops,compile,sample,input,devices", "Sections to run.")
 flags.DEFINE_integer("steps", 10, "Timed train steps per repeat.")
 flags.DEFINE_integer("repeats", 5, "Repeats; the median is reported.")
+flags.DEFINE_integer("top_ops", 12, "Instructions listed per profile in the ops section.")
 flags.DEFINE_string("depths", "2,4,8,16", "Transformer depths for the compile-time section.")
 flags.DEFINE_string("sample_batches", "1,64", "Batch sizes for the sampling section.")
 flags.DEFINE_string("devices", "1,2,4,8", "Device counts for the scaling section.")
@@ -209,6 +217,88 @@ def bench_profile(config, matmul: float) -> dict:
   return out
 
 
+# Instructions whose trace events enclose other instructions' events.
+_CONTAINERS = ("while", "call", "conditional")
+
+
+def _instructions(hlo: str) -> dict:
+  """HLO instruction name -> (opcode, shape, whether it multiplies matrices:
+  a dot or convolution, alone or inside the computation it fuses, op_name)."""
+  bodies = {m.group(1): m.group(2) for m in re.finditer(
+      r"^%?([\w.-]+) [^\n]*\{\n(.*?)^\}", hlo, re.M | re.S)}
+  out = {}
+  for m in re.finditer(r"^\s*(?:ROOT )?%([\w.-]+) = (\S+) ([\w-]+)\((.*)$", hlo, re.M):
+    name, shape, opcode, rest = m.groups()
+    called = re.search(r"calls=%([\w.-]+)", rest)
+    body = bodies.get(called.group(1), "") if called else ""
+    matmul = opcode in ("dot", "convolution") or bool(re.search(r" (dot|convolution)\(", body))
+    # A fusion made by XLA (a weight gradient's layout copies, say) may carry
+    # no op_name of its own; its body's instructions do.
+    op_name = re.search(r'op_name="([^"]*)"', rest) or re.search(r'op_name="([^"]*)"', body)
+    out[name] = (opcode, shape, matmul, op_name.group(1) if op_name else "")
+  return out
+
+
+def op_times(hlo: str, run, calls: int = 10) -> dict:
+  """Where a compiled computation's time goes: a ``jax.profiler`` trace of
+  ``calls`` calls of ``run()`` (which must block until its work is done), its
+  events matched to the instructions of ``hlo``, the computation's text.
+
+  Returns wall ms per call, the summed ms per call of the matrix products
+  (dots and convolutions, fused or not) and of everything else, and the
+  instructions by time (the thunk executor runs independent ones at once,
+  so the parts can add up to more than the wall time).
+  """
+  ops = _instructions(hlo)
+  run()
+  with tempfile.TemporaryDirectory() as logdir:
+    start = time.perf_counter()
+    with jax.profiler.trace(logdir, create_perfetto_trace=True):
+      for _ in range(calls):
+        run()
+    wall = time.perf_counter() - start
+    paths = glob.glob(os.path.join(logdir, "**", "*.trace.json.gz"), recursive=True)
+    if not paths:
+      raise RuntimeError(f"jax.profiler wrote no trace under {logdir}")
+    with gzip.open(paths[0]) as f:
+      events = json.load(f)
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  ms = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and e.get("name") in ops and ops[e["name"]][0] not in _CONTAINERS:
+      ms[e["name"]] += e["dur"] / 1e3 / calls
+  top = [dict(name=n, ms=t, shape=ops[n][1], matmul=ops[n][2], op=ops[n][3])
+         for n, t in ms.most_common()]
+  return dict(wall_ms=1e3 * wall / calls,
+              matmul_ms=sum(o["ms"] for o in top if o["matmul"]),
+              other_ms=sum(o["ms"] for o in top if not o["matmul"]), top=top)
+
+
+def bench_ops(config, top: int) -> dict:
+  """Per-instruction profiles of the train step and of ``sample`` at batch 64."""
+  step, state, batch, _ = _train_setup(config, jax.devices()[:1])
+  compiled = step.lower(state, batch).compile()
+  holder = {"state": state}
+
+  def train_step():
+    holder["state"], metrics = compiled(holder["state"], batch)
+    metrics["d_loss"].block_until_ready()
+
+  m = config.model
+  generator, _ = build_models(m, config.data.resolution)
+  ids, mask = ByteTokenizer(m.text.max_length).encode(["a small red circle on the left"] * 64)
+  z, eps = noise.latents(jax.random.key(0), np.arange(64), m.z_dim, m.ca_dim)
+  params = jax.jit(generator.init)(jax.random.key(0), ids, mask, z, eps)
+  sampler = sample.lower(generator, params, ids, mask, jax.random.key(0), z_dim=m.z_dim,
+                         ca_dim=m.ca_dim).compile()
+  out = {"train step": op_times(compiled.as_text(), train_step),
+         "sample, batch 64": op_times(sampler.as_text(), lambda: sampler(
+             params, ids, mask, jax.random.key(0)).block_until_ready())}
+  for profile in out.values():
+    profile["top"] = profile["top"][:top]
+  return out
+
+
 def bench_compile(config, depths: list[int]) -> dict:
   """Seconds to trace, lower and compile the train step at each Transformer depth."""
   seconds = []
@@ -316,7 +406,9 @@ def _print_table(results: dict) -> None:
     print(f"  {name:<34} {value}{unit}")
   print("dallex benchmark:", results["device"], "|", results["config"])
   for key, value in results.items():
-    if isinstance(value, dict):
+    if key == "ops":
+      _print_ops(value)
+    elif isinstance(value, dict):
       print(f"  {key}:")
       for k, v in value.items():
         if isinstance(v, dict):
@@ -325,6 +417,15 @@ def _print_table(results: dict) -> None:
         line(f"  {k}", f"{v:.4g}" if isinstance(v, float) else v)
     elif isinstance(value, float):
       line(key, f"{value:.4g}")
+
+
+def _print_ops(profiles: dict) -> None:
+  for name, p in profiles.items():
+    print(f"  where the time goes, {name}: {p['wall_ms']:.1f} ms per call; matrix products "
+          f"{p['matmul_ms']:.1f} ms, everything else {p['other_ms']:.1f} ms")
+    for o in p["top"]:
+      kind = "matmul" if o["matmul"] else "other"
+      print(f"    {o['ms']:7.2f} ms  {kind:<6} {o['shape']:<28} {o['op'][-70:]}")
 
 
 def _write(results: dict, path: str | None) -> None:
@@ -358,6 +459,9 @@ def main(argv):
     write()
   if "profile" in sections:
     results["profile"] = bench_profile(config, results["matmul_flops_per_s"])
+    write()
+  if "ops" in sections:
+    results["ops"] = bench_ops(config, FLAGS.top_ops)
     write()
   if "compile" in sections:
     depths = [int(x) for x in FLAGS.depths.split(",")]

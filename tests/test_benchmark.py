@@ -41,3 +41,28 @@ def test_train_flops_count_every_scanned_block_and_utilisation_is_their_rate_ove
   # XLA's cost analysis counts the body of a scan once, so the scanned step's
   # own count misses a block of each two-block stack; the benchmark's does not.
   assert out["train_step_flops"] > out["scanned_step_flops"] > 0
+
+
+_OPS_PROBE = """
+import json
+import jax, jax.numpy as jnp
+from experiments import benchmark
+f = jax.jit(lambda x, w: jnp.sin(jnp.tanh(x @ w) * 3.0).sum(axis=0))
+x, w = jnp.ones((512, 256)), jnp.ones((256, 512))
+compiled = f.lower(x, w).compile()
+out = benchmark.op_times(compiled.as_text(), lambda: compiled(x, w).block_until_ready(), calls=3)
+print(json.dumps(out))
+"""
+
+
+def test_op_profile_finds_the_matmul_and_the_elementwise_work_of_a_computation():
+  run = subprocess.run([sys.executable, "-c", _OPS_PROBE], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  out = json.loads(run.stdout.strip().splitlines()[-1])
+  kinds = {o["matmul"] for o in out["top"]}
+  assert kinds == {True, False}, out["top"]
+  assert [o["ms"] for o in out["top"]] == sorted((o["ms"] for o in out["top"]), reverse=True)
+  assert out["matmul_ms"] == pytest.approx(sum(o["ms"] for o in out["top"] if o["matmul"]))
+  assert all(o["ms"] > 0 for o in out["top"])
+  assert any("dot_general" in o["op"] for o in out["top"] if o["matmul"])
