@@ -3,14 +3,14 @@ r"""The default model on the built-in shapes at 32 px: what `make demo` trains.
     python -m experiments.train --config experiments/configs/shapes32.py --workdir runs/shapes32
     python -m experiments.evaluate --workdir runs/shapes32 --num 2000 --out runs/shapes32/eval.json
 
-Budget: 4,000 steps of 32 images, about 16 minutes on 2 CPU cores at the
-4.2-4.8 steps/s measured on this VM, compile included (`make demo` adds
-`--config.train.max_minutes=15`: on this VM it stops at step 3,750 and a
-second call resumes to 4,000 in 1.5 minutes). At 4,000 steps, over three training seeds, it gets every
-attribute right for 60% of one-object captions, draws no extra object in
-nearly every image and puts objects in the right cell 91% of the time;
-two-object captions are almost never fully right (2%: both objects take one
-colour). RESULTS.md has the measurements, the curve and the ablations.
+Budget: 4,000 steps of 32 images, 14.5 minutes on 2 CPU cores at the
+~4.6-4.8 steps/s measured on this VM, compile included (`make demo` adds
+`--config.train.max_minutes=15` and finishes inside it). At 4,000 steps,
+over three training seeds, it gets every attribute right for 61% of
+one-object captions, draws no extra object in every image and puts objects
+in the right cell 90% of the time; two-object captions are almost never
+fully right (2%: both objects take one colour). RESULTS.md has the
+measurements, the curve and the ablations.
 """
 
 from dallex.config import default_config
