@@ -47,10 +47,14 @@ _OPS_PROBE = """
 import json
 import jax, jax.numpy as jnp
 from experiments import benchmark
-f = jax.jit(lambda x, w: jnp.sin(jnp.tanh(x @ w) * 3.0).sum(axis=0))
+# A sort: work no matmul library fuses (XLA:CPU of jax 0.11 fuses elementwise
+# consumers into the dot's library call).
+f = jax.jit(lambda x, w, v: (x @ w, jnp.sort(v, axis=-1)))
 x, w = jnp.ones((512, 256)), jnp.ones((256, 512))
-compiled = f.lower(x, w).compile()
-out = benchmark.op_times(compiled.as_text(), lambda: compiled(x, w).block_until_ready(), calls=3)
+v = jax.random.normal(jax.random.key(0), (256, 4096))
+compiled = f.lower(x, w, v).compile()
+out = benchmark.op_times(compiled.as_text(),
+                         lambda: jax.block_until_ready(compiled(x, w, v)), calls=3)
 print(json.dumps(out))
 """
 
