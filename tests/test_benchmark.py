@@ -59,7 +59,7 @@ print(json.dumps(out))
 """
 
 
-def test_op_profile_finds_the_matmul_and_the_elementwise_work_of_a_computation():
+def test_op_profile_splits_a_computation_into_its_matmul_and_its_other_work():
   run = subprocess.run([sys.executable, "-c", _OPS_PROBE], cwd=ROOT, capture_output=True,
                        text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]

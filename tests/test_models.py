@@ -2,6 +2,7 @@ import functools
 import math
 import warnings
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,7 +109,6 @@ def test_upsampling_copies_each_pixel_to_a_2x2_block_and_sums_its_gradient_back(
 def test_upsample_conv_is_the_convolution_of_the_upsampled_input():
   """Values and gradients of conv3x3(upsample2x(x)), borders included, from
   the same parameters: nn.Conv's, initialised alike from the same key."""
-  import flax.linen as nn
   x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
   conv = UpsampleConv(6)
   params = conv.init(jax.random.key(1), x)
