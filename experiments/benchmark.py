@@ -427,8 +427,8 @@ def _print_table(results: dict) -> None:
 
 def _print_ops(profiles: dict) -> None:
   for name, p in profiles.items():
-    print(f"  where the time goes, {name}: {p['traced_ms']:.1f} ms per traced call; matrix products "
-          f"{p['matmul_ms']:.1f} ms, everything else {p['other_ms']:.1f} ms")
+    print(f"  where the time goes, {name}: {p['traced_ms']:.1f} ms per traced call; "
+          f"matrix products {p['matmul_ms']:.1f} ms, everything else {p['other_ms']:.1f} ms")
     for o in p["top"]:
       kind = "matmul" if o["matmul"] else "other"
       print(f"    {o['ms']:7.2f} ms  {kind:<6} {o['shape']:<28} {o['op'][-70:]}")

@@ -76,7 +76,8 @@ def build_models(model, resolution: int) -> tuple[nn.Module, nn.Module]:
   if d.text_source not in ("own", "generator"):
     raise ValueError(f"model.discriminator.text_source must be 'own' or 'generator', "
                      f"got {d.text_source!r}")
-  d_text = build_text_encoder(d.text, dtype, model.scan, model.remat) if d.text_source == "own" else None
+  d_text = (build_text_encoder(d.text, dtype, model.scan, model.remat)
+            if d.text_source == "own" else None)
   discriminator = Discriminator(
       resolution=resolution, base_channels=d.base_channels, max_channels=d.max_channels,
       hidden=d.hidden, embed_dim=d.embed_dim, text_encoder=d_text,
