@@ -39,7 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
                      mlp_ratio=4, base_channels=128, min_channels=32,
                      conditioning_augmentation=True,  # off: c = mu (set loss.kl=0)
                      local_style=False,   # AdaIN also reads the grid tokens, per region
-                     layout_head=False),  # the grid tokens guess the coarse image (loss.layout)
+                     layout_head=False,   # the grid tokens guess the coarse image (loss.layout)
+                     grid_style=True),    # w added to the grid tokens, AdaLN in its Transformer
       discriminator=dict(base_channels=32, max_channels=256, hidden=256, embed_dim=128,
                          text_source="own",
                          word_region=False,  # a word-region matching term in D's logit
@@ -61,6 +62,8 @@ def default_config() -> ml_collections.ConfigDict:
       feature_net_weight=0.0,
       layout=0.0,             # L1 of G's grid layout guess and the real image's
                               # block averages (needs model.generator.layout_head)
+      layout_pool="mean",     # mean | max: how the real image is pooled to the grid
+      layout_distance="l1",   # l1 | l2
       contrastive_d=1.0,      # InfoNCE on real pairs, trains D's heads
       contrastive_g=1.0,      # InfoNCE of generated images with their captions, trains G
       contrastive_negatives=False,  # both InfoNCEs also rank the hard-negative captions

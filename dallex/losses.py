@@ -106,18 +106,48 @@ def feature_matching(real_features: Sequence[jax.Array],
 
 def block_mean(images: jax.Array, side: int) -> jax.Array:
   """[B, R, R, C] averaged in (R/side)^2 blocks -> [B, side, side, C] (float32)."""
+  return _blocks(images, side).mean((2, 4))
+
+
+def block_max(images: jax.Array, side: int) -> jax.Array:
+  """[B, R, R, C], each channel's maximum in (R/side)^2 blocks -> [B, side, side, C]."""
+  return _blocks(images, side).max((2, 4))
+
+
+def _blocks(images: jax.Array, side: int) -> jax.Array:
+  """[B, R, R, C] -> [B, side, k, side, k, C] float32, k = R / side."""
   b, r, _, c = images.shape
   if side < 1 or r % side:
     raise ValueError(f"block side {side} must divide the resolution {r}")
   k = r // side
-  return images.astype(jnp.float32).reshape(b, side, k, side, k, c).mean((2, 4))
+  return images.astype(jnp.float32).reshape(b, side, k, side, k, c)
 
 
-def layout_l1(layout: jax.Array, real: jax.Array) -> jax.Array:
-  """mean |layout_i - block_mean(real_i, G)|: G's grid guess [B, G, G, C]
-  against the real image [B, R, R, C] of the same caption; trains G only."""
-  return jnp.mean(jnp.abs(layout.astype(jnp.float32)
-                          - jax.lax.stop_gradient(block_mean(real, layout.shape[1]))))
+LAYOUT_POOLS = {"mean": block_mean, "max": block_max}
+LAYOUT_DISTANCES = {"l1": jnp.abs, "l2": jnp.square}
+
+
+def layout_loss(layout: jax.Array, real: jax.Array, pool: str = "mean",
+                distance: str = "l1") -> jax.Array:
+  """mean d(layout_i - pool(real_i, G)): G's grid guess [B, G, G, C] against the
+  real image [B, R, R, C] of the same caption, pooled to G x G blocks, with
+  d = |.| ("l1") or (.)^2 ("l2"); trains G only.
+
+  ``pool="max"`` takes each block's brightest value per channel: on a dark
+  background that is the colour of the object reaching into the block, at full
+  strength, where the mean dilutes it by how much of the block the object
+  covers, a fraction that position jitter makes unpredictable. L1 is minimised
+  by the median, which stays at the background while an object's presence in
+  a block is less likely than not; L2's gradient grows with the error, so the
+  object blocks lead (RESULTS.md section 16).
+  """
+  if pool not in LAYOUT_POOLS:
+    raise ValueError(f"layout pool must be one of {sorted(LAYOUT_POOLS)}, got {pool!r}")
+  if distance not in LAYOUT_DISTANCES:
+    raise ValueError(f"layout distance must be one of {sorted(LAYOUT_DISTANCES)}, "
+                     f"got {distance!r}")
+  target = jax.lax.stop_gradient(LAYOUT_POOLS[pool](real, layout.shape[1]))
+  return jnp.mean(LAYOUT_DISTANCES[distance](layout.astype(jnp.float32) - target))
 
 
 def info_nce(img_emb: jax.Array, txt_emb: jax.Array, logit_scale: jax.Array | float,

@@ -8,7 +8,7 @@
       = adversarial(generated)
         + feature_matching * FM(D features of real, generated)    "perceptual loss"
         + feature_net_weight * frozen-network distance (optional)
-        + layout * L1(G's grid guess of the layout, real averaged to G^2 blocks) (optional)
+        + layout * L1/L2(G's grid guess of the layout, real pooled to G^2 blocks) (optional)
         + contrastive_g * InfoNCE(generated images, their captions [, hard negatives])
                                                                      "encoder loss"
         + kl * KL(conditioning augmentation || N(0, I))
@@ -66,6 +66,12 @@ class GanObjective:
     if self.loss.get("layout", 0.0) and not getattr(self.generator, "layout_head", False):
       raise ValueError("loss.layout > 0 needs a generator with a layout head: set "
                        "model.generator.layout_head=True (dallex architecture)")
+    if self.loss.get("layout_pool", "mean") not in losses.LAYOUT_POOLS:
+      raise ValueError(f"loss.layout_pool must be one of {sorted(losses.LAYOUT_POOLS)}, "
+                       f"got {self.loss.layout_pool!r}")
+    if self.loss.get("layout_distance", "l1") not in losses.LAYOUT_DISTANCES:
+      raise ValueError("loss.layout_distance must be one of "
+                       f"{sorted(losses.LAYOUT_DISTANCES)}, got {self.loss.layout_distance!r}")
 
   # -- shared pieces -------------------------------------------------------
 
@@ -212,7 +218,9 @@ class GanObjective:
       total += self.loss.feature_net_weight * pd
       metrics["g_feature_net"] = pd
     if self.loss.get("layout", 0.0):
-      layout = losses.layout_l1(g_out.layout, batch["image"])
+      layout = losses.layout_loss(g_out.layout, batch["image"],
+                                  self.loss.get("layout_pool", "mean"),
+                                  self.loss.get("layout_distance", "l1"))
       total += self.loss.layout * layout
       metrics["g_layout"] = layout
     if self.loss.contrastive_g:

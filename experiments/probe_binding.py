@@ -48,6 +48,8 @@ def main(argv):
     for name in ("text", "grid"):
       print(f"{name:<10}{result[f'{name}_own_colour']:>12.3f}"
             f"{result[f'{name}_other_colour']:>14.3f}")
+    print(f"grid token contrast (variance differing between one image's tokens): "
+          f"{result['grid_token_contrast']:.4f}")
   else:
     if FLAGS.config is None:
       raise app.UsageError("--supervised_steps needs --config")

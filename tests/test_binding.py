@@ -40,9 +40,10 @@ def test_phrase_ends_and_grid_positions_point_at_each_object():
   assert binding.grid_position("left", 2) == 2
 
 
-def _sampler(max_length):
+def _sampler(max_length, grid_style=True):
   config = tiny_config()
   config.model.text.max_length = config.model.discriminator.text.max_length = max_length
+  config.model.generator.grid_style = grid_style
   objective = build_objective(config)
   g_params = init_params(objective, jax.random.key(0), tiny_batch(config, 2))[0]
   return Sampler(config, objective.generator, g_params, step=0)
@@ -56,6 +57,11 @@ def test_binding_probes_count_the_objects_of_two_object_captions():
   assert result["num_objects"] == 2 * sum(len(s) == 2 for s in scenes)
   assert all(0.0 <= result[f"{n}_{w}_colour"] <= 1.0 for n in ("text", "grid")
              for w in ("own", "other"))
+  # A fresh grid with w added to its tokens is mostly what they share; with
+  # unit-scale positions and the caption alone, mostly what tells them apart.
+  assert 0.0 < result["grid_token_contrast"] < 0.2
+  own_grid = binding.binding_probes(_sampler(96, grid_style=False), captions, batch_size=16)
+  assert own_grid["grid_token_contrast"] > 0.5
   with pytest.warns(TruncationWarning), pytest.raises(ValueError, match="max_length 48"):
     binding.binding_probes(_sampler(48), captions, batch_size=16)
   with pytest.raises(ValueError, match="at least 8 two-object captions"):

@@ -112,16 +112,35 @@ def test_feature_matching_hand_values_and_stop_gradient():
     losses.feature_matching(real, fake * 2)
 
 
-def test_layout_l1_compares_the_grid_guess_with_the_real_block_averages():
+def test_layout_loss_compares_the_grid_guess_with_the_real_block_averages():
   real = jnp.zeros((1, 4, 4, 1)).at[0, :2, :2, 0].set(1.0).at[0, 3, 3, 0].set(-1.0)
   # Block averages [[1, 0], [0, -0.25]]; a guess of all zeros is off by (1 + 0.25) / 4.
-  assert float(losses.layout_l1(jnp.zeros((1, 2, 2, 1)), real)) == pytest.approx(1.25 / 4)
+  assert float(losses.layout_loss(jnp.zeros((1, 2, 2, 1)), real)) == pytest.approx(1.25 / 4)
   exact = jnp.array([[1.0, 0.0], [0.0, -0.25]])[None, :, :, None]
-  assert float(losses.layout_l1(exact, real)) == 0.0
-  g_real = jax.grad(lambda r: losses.layout_l1(exact + 1, r))(real)
+  assert float(losses.layout_loss(exact, real)) == 0.0
+  g_real = jax.grad(lambda r: losses.layout_loss(exact + 1, r))(real)
   assert not np.any(np.asarray(g_real))
   with pytest.raises(ValueError, match="block side 3 must divide the resolution 4"):
-    losses.layout_l1(jnp.zeros((1, 3, 3, 1)), real)
+    losses.layout_loss(jnp.zeros((1, 3, 3, 1)), real)
+
+
+def test_layout_loss_max_pool_compares_with_each_blocks_brightest_value_by_l1_or_l2():
+  # A small bright object in the top left block, a dark background elsewhere.
+  real = jnp.full((1, 4, 4, 2), -1.0).at[0, 0, 1, :].set(jnp.array([0.8, -0.6]))
+  # Block maxima [[(0.8, -0.6), -1], [-1, -1]]; the block mean of the top left
+  # (0.8 - 3) / 4 = -0.55 would dilute the object's colour by its coverage.
+  exact = jnp.full((1, 2, 2, 2), -1.0).at[0, 0, 0, :].set(jnp.array([0.8, -0.6]))
+  for distance in ("l1", "l2"):
+    assert float(losses.layout_loss(exact, real, "max", distance)) == pytest.approx(0, abs=1e-7)
+  errors = jnp.array([0.8 + 0.55, -0.6 + 0.9])  # against the block means
+  assert float(losses.layout_loss(exact, real, "mean")) == pytest.approx(
+      float(jnp.abs(errors).sum()) / 8)
+  assert float(losses.layout_loss(exact, real, "mean", "l2")) == pytest.approx(
+      float(jnp.square(errors).sum()) / 8)
+  with pytest.raises(ValueError, match="layout pool must be one of"):
+    losses.layout_loss(exact, real, pool="median")
+  with pytest.raises(ValueError, match="layout distance must be one of"):
+    losses.layout_loss(exact, real, distance="huber")
 
 
 def _feature_net_file(path, channels=(3, 4, 6)):

@@ -403,7 +403,7 @@ def test_word_region_term_tells_which_object_is_where(word_region):
     assert accuracy == 0.5
 
 
-def test_layout_loss_needs_the_layout_head():
+def test_layout_loss_needs_the_layout_head_a_known_pool_and_distance():
   config = tiny_config()
   config.loss.layout = 1.0
   with pytest.raises(ValueError, match="model.generator.layout_head=True"):
@@ -414,6 +414,35 @@ def test_layout_loss_needs_the_layout_head():
   g_params = init_params(objective, jax.random.key(0), batch)[0]
   out = _generate(objective, g_params, batch["ids"], batch["mask"])
   assert out.layout.shape == (2, 4, 4, 3)
+  for key, value in (("layout_pool", "median"), ("layout_distance", "huber")):
+    bad = config.copy_and_resolve_references()
+    bad.loss[key] = value
+    with pytest.raises(ValueError, match=f"loss.{key} must be one of"):
+      build_objective(bad)
+
+
+@pytest.mark.parametrize("grid_style", [True, False])
+def test_without_grid_style_the_grid_reads_the_caption_alone(grid_style):
+  """With random (trained-like) parameters the grid tokens (read by the layout
+  head) depend on z through style_to_grid and AdaLN; without grid_style they
+  do not, and the positions start at unit scale."""
+  config = tiny_config()
+  config.model.generator.update(layout_head=True, grid_style=grid_style)
+  objective = build_objective(config)
+  batch = tiny_batch(config, 2)
+  g_params = init_params(objective, jax.random.key(0), batch)[0]
+  positions = float(jnp.std(g_params["params"]["grid_embed"]))
+  assert positions == pytest.approx(0.02 if grid_style else 1.0, rel=0.3)
+  leaves, tree = jax.tree.flatten(g_params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  g_params = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape)
+                                       for x, k in zip(leaves, keys)])
+  outs = [_generate(objective, g_params, batch["ids"], batch["mask"], jax.random.key(k))
+          for k in (2, 3)]
+  layout_change = float(jnp.max(jnp.abs(outs[0].layout - outs[1].layout)))
+  assert (layout_change > 1e-3) if grid_style else (layout_change < 1e-6)
+  # z still reaches the image, through grid_norm and the up blocks.
+  assert float(jnp.max(jnp.abs(outs[0].images - outs[1].images))) > 1e-3
 
 
 def test_hard_negative_captions_are_judged_with_the_real_images_as_fakes():

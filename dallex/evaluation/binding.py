@@ -11,6 +11,12 @@ that hold the scene's two colours as a bag read both equally, at about 0.5
 each when they know the pair (which of the two is whose is not in them);
 features that bind each colour to its object read the own colour well above 0.5.
 
+``grid_token_contrast`` says how much there is to read: the fraction of the
+grid Transformer's output variance that differs between the tokens of one
+image (the rest is shared by all of them). A grid that tells its cells apart
+needs a good part of it; a trained `shapes32` run had 0.0009 (RESULTS.md
+section 16).
+
 ``train_front_end`` asks the complementary question: trained directly to
 name the colour under each object, can a fresh copy of the same
 caption-to-grid path learn the binding at all?
@@ -87,7 +93,8 @@ def binding_probes(sampler, captions: Sequence[str], seed: int = 0,
       objects, in caption order); one-object captions are skipped.
 
   Returns:
-    ``{text,grid}_{own,other}_colour`` probe accuracies and ``num_objects``.
+    ``{text,grid}_{own,other}_colour`` probe accuracies, ``num_objects`` and
+    ``grid_token_contrast`` (see the module docstring).
   """
   if sampler.config.model.arch != "dallex":
     raise ValueError(f"binding probes read the dallex generator's grid; this run's "
@@ -98,7 +105,7 @@ def binding_probes(sampler, captions: Sequence[str], seed: int = 0,
                      f"got {len(pairs)}")
   model = sampler.config.model
   grid = model.generator.grid
-  keep = lambda module, _: module.name in ("grid_norm", "text_encoder")
+  keep = lambda module, _: module.name in ("grid_norm", "text_encoder", "transformer")
 
   @jax.jit
   def features(params, ids, mask, index):
@@ -106,16 +113,18 @@ def binding_probes(sampler, captions: Sequence[str], seed: int = 0,
     _, state = sampler.generator.apply(params, ids, mask, z, eps, capture_intermediates=keep,
                                        mutable=["intermediates"])
     inter = state["intermediates"]
-    return inter["text_encoder"]["__call__"][0].tokens, inter["grid_norm"]["__call__"][0]
+    return (inter["text_encoder"]["__call__"][0].tokens, inter["grid_norm"]["__call__"][0],
+            inter["transformer"]["__call__"][0])
 
-  text_x, grid_x, own, other = [], [], [], []
+  text_x, grid_x, grid_out, own, other = [], [], [], [], []
   colours = list(shapes.COLOURS)
   for start in range(0, len(pairs), batch_size):
     chunk = pairs[start:start + batch_size]
     ids, mask = sampler.tokenizer.encode([c for c, _ in chunk]
                                          + [chunk[-1][0]] * (batch_size - len(chunk)))
-    tokens, cells = map(np.asarray, features(sampler.params, ids, mask,
-                                             np.arange(start, start + batch_size)))
+    tokens, cells, out = map(np.asarray, features(sampler.params, ids, mask,
+                                                  np.arange(start, start + batch_size)))
+    grid_out.append(out[:len(chunk)].astype(np.float64))
     for row, (caption, objects) in enumerate(chunk):
       ends = phrase_end_positions(caption)
       if ends[-1] + 1 >= ids.shape[1] or ids[row, ends[-1] + 1] != EOS_ID:
@@ -126,7 +135,10 @@ def binding_probes(sampler, captions: Sequence[str], seed: int = 0,
         grid_x.append(cells[row, grid_position(objects[k]["cell"], grid)])
         own.append(colours.index(objects[k]["colour"]))
         other.append(colours.index(objects[1 - k]["colour"]))
-  out = {"num_objects": len(own)}
+  grid_out = np.concatenate(grid_out)  # [N, G*G, D]
+  within = np.square(grid_out - grid_out.mean(1, keepdims=True)).sum()
+  out = {"num_objects": len(own),
+         "grid_token_contrast": float(within / np.square(grid_out - grid_out.mean((0, 1))).sum())}
   for name, x in (("text", text_x), ("grid", grid_x)):
     for which, y in (("own", own), ("other", other)):
       out[f"{name}_{which}_colour"] = ridge_probe_accuracy(np.stack(x), np.array(y),

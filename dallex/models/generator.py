@@ -211,6 +211,12 @@ class Generator(nn.Module):
       averaged over each token's square (``GeneratorOutput.layout``), for
       ``loss.layout``: a short path from the real image to the cross-attention
       that reads the caption.
+    grid_style: w is added to every grid token and modulates the grid
+      Transformer's norms (AdaLN). Off, the grid Transformer reads the caption
+      alone and w enters at ``grid_norm`` and the up blocks. On, the part of the
+      grid tokens shared by all of them outgrew the part that differs from
+      token to token 5,000-fold in trained shapes32 runs, so the grid barely
+      told one cell from another (RESULTS.md section 16).
   """
   text_encoder: TextEncoder
   resolution: int
@@ -228,6 +234,7 @@ class Generator(nn.Module):
   conditioning_augmentation: bool = True
   local_style: bool = False
   layout_head: bool = False
+  grid_style: bool = True
   scan: bool = True
   remat: bool = False
   dtype: Dtype = jnp.float32
@@ -251,17 +258,26 @@ class Generator(nn.Module):
       w = nn.leaky_relu(nn.Dense(self.style_dim, name=f"mapping_{i}")(w), 0.2)
 
     batch = ids.shape[0]
-    grid = self.param("grid_embed", nn.initializers.normal(0.02),
+    # Without grid_style the positions start at unit scale: nothing shared by
+    # all tokens drowns them (see the attribute's docstring).
+    grid = self.param("grid_embed", nn.initializers.normal(0.02 if self.grid_style else 1.0),
                       (self.grid * self.grid, self.width))
-    x = grid[None] + nn.Dense(self.width, name="style_to_grid")(w)[:, None, :]
+    x = jnp.broadcast_to(grid[None], (batch, *grid.shape))
+    if self.grid_style:
+      x = x + nn.Dense(self.width, name="style_to_grid")(w)[:, None, :]
     context = nn.Dense(self.width, dtype=self.dtype, name="text_to_context")(text.tokens)
     x = TransformerStack(self.depth, self.num_heads, self.mlp_ratio, cross_attention=True,
                          scan=self.scan, remat=self.remat, dtype=self.dtype,
-                         name="transformer")(x.astype(self.dtype), None, context, mask, w)
+                         name="transformer")(x.astype(self.dtype), None, context, mask,
+                                             w if self.grid_style else None)
+    layout = None
+    if self.layout_head:
+      # Read through a LayerNorm of its own, not the style-modulated grid_norm:
+      # the layout is the caption's, and z should not rescale its guess.
+      layout = nn.Dense(3, dtype=jnp.float32, name="layout")(
+          Norm(jnp.float32, name="layout_norm")(x)).reshape(batch, self.grid, self.grid, 3)
     x = Norm(self.dtype, name="grid_norm")(x, w)
     x = x.reshape(batch, self.grid, self.grid, self.width)
-    layout = (nn.Dense(3, dtype=jnp.float32, name="layout")(x).astype(jnp.float32)
-              if self.layout_head else None)
     local = x if self.local_style else None
     for i, channels in enumerate(self.stage_channels()):
       x = UpBlock(channels, self.dtype, name=f"up_{i}")(x, w, local)
