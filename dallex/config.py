@@ -60,8 +60,8 @@ def default_config() -> ml_collections.ConfigDict:
       feature_matching_paired=False,
       feature_net_path="",    # optional frozen perceptual network (.npz)
       feature_net_weight=0.0,
-      layout=0.0,             # L1 of G's grid layout guess and the real image's
-                              # block averages (needs model.generator.layout_head)
+      layout=0.0,             # distance of G's grid layout guess from the real image
+                              # pooled per block (needs model.generator.layout_head)
       layout_pool="mean",     # mean | max: how the real image is pooled to the grid
       layout_distance="l1",   # l1 | l2
       contrastive_d=1.0,      # InfoNCE on real pairs, trains D's heads

@@ -25,7 +25,7 @@ from dallex.models.text_encoder import TextEncoder, TextFeatures
 
 class GeneratorOutput(NamedTuple):
   """images: [B, R, R, 3] in [-1, 1]; text: the encoder's features; cond: the CA
-  sample; layout: [B, G, G, 3], the grid tokens' guess of the image averaged
+  sample; layout: [B, G, G, 3], the grid tokens' guess of the image pooled
   over each token's square (with ``layout_head``; else None)."""
   images: jax.Array
   text: TextFeatures
@@ -208,7 +208,7 @@ class Generator(nn.Module):
     local_style: every AdaIN also reads the grid tokens (see ``AdaIN``), so
       the modulation varies over the image.
     layout_head: a linear head on the grid tokens guesses the image's colours
-      averaged over each token's square (``GeneratorOutput.layout``), for
+      pooled over each token's square (``GeneratorOutput.layout``), for
       ``loss.layout``: a short path from the real image to the cross-attention
       that reads the caption.
     grid_style: w is added to every grid token and modulates the grid
