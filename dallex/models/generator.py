@@ -215,7 +215,7 @@ class Generator(nn.Module):
       Transformer's norms (AdaLN). Off, the grid Transformer reads the caption
       alone and w enters at ``grid_norm`` and the up blocks. On, the part of the
       grid tokens shared by all of them outgrew the part that differs from
-      token to token 5,000-fold in trained shapes32 runs, so the grid barely
+      token to token over 5,000-fold in trained shapes32 runs, so the grid barely
       told one cell from another (RESULTS.md section 16).
   """
   text_encoder: TextEncoder
