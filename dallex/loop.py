@@ -211,17 +211,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.write(step, {f"eval/{split}/{k}": float(v) for k, v in result.metrics.items()
                           if not k.startswith("num")})
 
+  def check_finite(step: int, finite: jax.Array, streak: int) -> int:
+    """The run of non-finite steps up to ``step``, given its ``finite`` metric."""
+    streak = 0 if float(np.asarray(finite).reshape(-1)[0]) else streak + 1
+    if streak >= t.max_nonfinite:
+      raise NonFiniteError(
+          f"{streak} non-finite steps in a row (up to step {step}); parameters were "
+          f"left unchanged by each, and the last good checkpoint is step "
+          f"{max(ckpt.all_steps(), default=0)} in {ckpt.directory}. Lower the learning "
+          "rates, add gradient clipping (optim.*.clip_norm) or check the data.")
+    return streak
+
   progress = None
   if lead:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     progress = tqdm(total=t.steps, initial=start, desc="train", dynamic_ncols=True)
   last_sample, stopped_by, out_of_time, step = None, None, False, start
+  streak = int(np.asarray(state.nonfinite).reshape(-1)[0])
+  # The step before the one just dispatched, checked for non-finite values
+  # only then: reading a step's result waits for it, so checking the newest
+  # would leave the device idle while the host fetches the next batch
+  # (on an H200, 25 steps/s in the loop against 160 in the benchmark).
+  previous = None
   started = window_start = time.time()
   window_step = start
   try:
     with _StopSignal() as stop:
       for step in range(start + 1, t.steps + 1):
         state, metrics = run_step(state, next(data_iter))
+        if previous is not None:
+          streak = check_finite(*previous, streak)
+        previous = (step, metrics["finite"])
         if step % t.log_every == 0 or step == t.steps:
           values = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in metrics.items()}
           values["nonfinite_total"] = float(np.asarray(state.nonfinite_total).reshape(-1)[0])
@@ -234,13 +254,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           out_of_time = bool(t.max_minutes) and _out_of_time(entered, t.max_minutes)
           if out_of_time:
             stopped_by = f"the time limit of {t.max_minutes:g} min"
-        streak = int(np.asarray(state.nonfinite).reshape(-1)[0])
-        if streak >= t.max_nonfinite:
-          raise NonFiniteError(
-              f"{streak} non-finite steps in a row (up to step {step}); parameters were "
-              f"left unchanged by each, and the last good checkpoint is step "
-              f"{max(ckpt.all_steps(), default=0)} in {ckpt.directory}. Lower the learning "
-              "rates, add gradient clipping (optim.*.clip_norm) or check the data.")
         if progress is not None:
           progress.update(1)
         if t.sample_every and step % t.sample_every == 0:
@@ -253,6 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           stopped_by = signal.Signals(stop.received).name
         if stopped_by:
           break
+    if previous is not None:
+      check_finite(*previous, streak)
     if not ckpt.all_steps() or max(ckpt.all_steps()) != step:
       save(step)
     drawn = last_sample is not None and last_sample.endswith(f"{step:07d}.png")

@@ -127,6 +127,11 @@ def test_repeated_non_finite_steps_stop_the_run(tmp_path, data_dir):
   assert "NonFiniteError" in out.stderr and "non-finite steps in a row" in out.stderr
   rows = _metrics(workdir)
   assert rows[-1]["finite"] == 0.0 and rows[-1]["nonfinite_total"] >= 3
+  # The loop checks each step after dispatching the next, yet stops at the
+  # third bad step in a row, not later, and names it.
+  bad = [r["step"] for r in rows if r["finite"] == 0.0]
+  assert bad[:3] == list(range(bad[0], bad[0] + 3))
+  assert f"3 non-finite steps in a row (up to step {bad[2]})" in out.stderr
   # Every checkpoint left behind holds finite parameters: the bad steps changed nothing.
   _, state, _ = _final_params(workdir)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state) if x.dtype.kind == "f")
