@@ -38,7 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
       generator=dict(style_dim=128, mapping_depth=2, grid=4, width=128, depth=2, heads=4,
                      mlp_ratio=4, base_channels=128, min_channels=32,
                      conditioning_augmentation=True,  # off: c = mu (set loss.kl=0)
-                     local_style=False,   # AdaIN also reads the grid tokens, per region
+                     local_style=0,       # up blocks (from the coarsest) whose AdaIN reads the grid
                      layout_head=False,   # the grid tokens guess the coarse image (loss.layout)
                      grid_style=True),    # w added to the grid tokens, AdaLN in its Transformer
       discriminator=dict(base_channels=32, max_channels=256, hidden=256, embed_dim=128,

@@ -71,7 +71,7 @@ def build_models(model, resolution: int) -> tuple[nn.Module, nn.Module]:
       num_heads=g.heads, mlp_ratio=g.mlp_ratio, base_channels=g.base_channels,
       min_channels=g.min_channels,
       conditioning_augmentation=g.get("conditioning_augmentation", True),
-      local_style=g.get("local_style", False), layout_head=g.get("layout_head", False),
+      local_style=g.get("local_style", 0), layout_head=g.get("layout_head", False),
       grid_style=g.get("grid_style", True),
       scan=model.scan, remat=model.remat, dtype=dtype)
   if d.text_source not in ("own", "generator"):

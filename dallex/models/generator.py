@@ -205,8 +205,9 @@ class Generator(nn.Module):
     base_channels, min_channels: the first up block has ``base_channels``;
       each further one halves it, down to ``min_channels``.
     conditioning_augmentation: sample c around the caption's mean (off: c = mu).
-    local_style: every AdaIN also reads the grid tokens (see ``AdaIN``), so
-      the modulation varies over the image.
+    local_style: how many up blocks, from the coarsest, have AdaINs that also
+      read the grid tokens (see ``AdaIN``), so that their modulation varies
+      over the image; 0 none, True all (as in configs that predate the count).
     layout_head: a linear head on the grid tokens guesses the image's colours
       pooled over each token's square (``GeneratorOutput.layout``), for
       ``loss.layout``: a short path from the real image to the cross-attention
@@ -232,7 +233,7 @@ class Generator(nn.Module):
   base_channels: int = 128
   min_channels: int = 32
   conditioning_augmentation: bool = True
-  local_style: bool = False
+  local_style: int = 0
   layout_head: bool = False
   grid_style: bool = True
   scan: bool = True
@@ -278,8 +279,14 @@ class Generator(nn.Module):
           Norm(jnp.float32, name="layout_norm")(x)).reshape(batch, self.grid, self.grid, 3)
     x = Norm(self.dtype, name="grid_norm")(x, w)
     x = x.reshape(batch, self.grid, self.grid, self.width)
-    local = x if self.local_style else None
-    for i, channels in enumerate(self.stage_channels()):
+    grid_tokens = x
+    stages = self.stage_channels()
+    local_blocks = len(stages) if self.local_style is True else self.local_style
+    if not 0 <= local_blocks <= len(stages):
+      raise ValueError(f"model.generator.local_style must be between 0 and {len(stages)} "
+                       f"(the up blocks at resolution {self.resolution}), got {self.local_style}")
+    for i, channels in enumerate(stages):
+      local = grid_tokens if i < local_blocks else None
       x = UpBlock(channels, self.dtype, name=f"up_{i}")(x, w, local)
     rgb = nn.Conv(3, (1, 1), dtype=jnp.float32, name="to_rgb")(x).astype(jnp.float32)
     return GeneratorOutput(inward_clip(rgb), text, cond, layout)

@@ -14,5 +14,5 @@ def get_config():
   c = shapes32.get_config()
   c.model.arch = "seed"
   c.loss.update(adversarial="nonsaturating", gradient_penalty="none", contrastive_d=0.0,
-                contrastive_g=0.0, kl=0.0)
+                contrastive_g=0.0, kl=0.0, layout=0.0)  # the article's generator has no grid
   return c
