@@ -40,13 +40,14 @@ def get_config():
   c.model.generator.grid_style = False
   # Each grid token guesses the brightest colour of its 8x8 block (L2): a
   # direct signal for which colour belongs in which cell. At W = 50 the colour
-  # of each object of two-object captions is right 92% of the time (43%
-  # without, seed 0); W = 10 only began to bind by 4,000 steps.
+  # of each object of two-object captions is right 92% of the time (48%
+  # without the loss, seed 0); W = 10 only began to bind by 4,000 steps.
   c.model.generator.layout_head = True
   c.loss.update(layout=50.0, layout_pool="max", layout_distance="l2")
   # The AdaINs of the 8 and 16 px up blocks also read the grid tokens, so each
-  # region takes its own colour: 95% (seed 0) against 92% without, for a step
-  # ~4% slower; all three blocks (97.5%) no longer fit make demo's 15 minutes.
+  # region takes its own colour: 95% (seed 0) against 92% without. All three
+  # blocks gave 97.5% but ran 4.42 steps/s in the loop, too slow for make
+  # demo's 15 minutes; two ran 4.51-4.76.
   c.model.generator.local_style = 2
   c.model.discriminator.update(base_channels=16, max_channels=128, hidden=128, embed_dim=64)
   # No conditioning augmentation (c = mu, no KL): its KL pulled the posterior
