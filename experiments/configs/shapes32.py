@@ -6,15 +6,16 @@ r"""The default model on the built-in shapes at 32 px: what `make demo` trains.
 Budget: 4,000 steps of 32 images, 14.4-15 minutes on 2 CPU cores at the
 4.5-4.8 steps/s measured on this VM, compile included (`make demo` adds
 `--config.train.max_minutes=15`; in a slower spell of the VM that stops it
-short of 4,000, and a second `make demo` resumes to the end). At 4,000
-steps, over three training seeds, it gets every attribute right for 63% of one-object
+short of 4,000, and a second `make demo` resumes to the end). At 4,000 steps,
+over three training seeds, it gets every attribute right for 63% of one-object
 captions and both objects right in 19% of two-object captions, where each
-object has its own colour 88-95% of the time; objects land in the right
-cell 97-99% of the time and no image has an extra object. Shape (51-57%) is
-now the weakest attribute, and it improves with more steps (seed 0 at
-10,000: one-object captions 97%, held-out objects 71%, two-object captions
-53%). RESULTS.md has the measurements, the curve and the ablations (sections 16-17 the binding; before them this config had
-neither the layout loss nor local style, and w in the grid: add
+object has its own colour 88-95% of the time; objects land in the right cell
+97-99% of the time and no image has an extra object. Shape (51-57%) is now the
+weakest attribute, and it improves with more steps (seed 0 at 10,000: one-
+object captions 97%, held-out objects 71%, two-object captions 53%).
+RESULTS.md has the measurements, the curve and the ablations (sections 16-17
+the binding; before them this config had neither the layout loss nor local
+style, and w in the grid: add
 `--config.model.generator.grid_style=True --config.model.generator.layout_head=False
 --config.loss.layout=0 --config.model.generator.local_style=0`).
 """
