@@ -11,8 +11,8 @@ over three training seeds, it gets every attribute right for 63% of one-object
 captions and both objects right in 19% of two-object captions, where each
 object has its own colour 88-95% of the time; objects land in the right cell
 97-99% of the time and no image has an extra object. Shape (51-57%) is now the
-weakest attribute, and it improves with more steps (seed 0 at 10,000: one-
-object captions 97%, held-out objects 71%, two-object captions 53%).
+weakest attribute, and it improves with more steps (seed 0 at 10,000:
+one-object captions 97%, held-out objects 71%, two-object captions 53%).
 RESULTS.md has the measurements, the curve and the ablations (sections 16-17
 the binding; before them this config had neither the layout loss nor local
 style, and w in the grid: add
