@@ -15,4 +15,7 @@ def get_config():
   c.model.arch = "seed"
   c.loss.update(adversarial="nonsaturating", gradient_penalty="none", contrastive_d=0.0,
                 contrastive_g=0.0, kl=0.0, layout=0.0)  # the article's generator has no grid
+  # The rates its README numbers were measured at (shapes32's until RESULTS.md
+  # section 18); the article names none.
+  c.optim.g.lr, c.optim.d.lr = 1e-4, 4e-4
   return c
