@@ -32,10 +32,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["DALLEX_TEST_OWNS_JAX_CACHE"] = str(os.getpid())
 
 
-def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: minutes of training; runs only with DALLEX_SLOW_TESTS=1")
-
-
 def pytest_unconfigure(config):
   """The process that made the compilation cache removes it."""
   del config
@@ -57,18 +53,6 @@ def shared_dir(tmp_path_factory, name: str, build) -> pathlib.Path:
       build(path)
       (root / (name + ".done")).touch()
   return path
-
-
-def pytest_collection_modifyitems(config, items):
-  """Slow tests (real training runs) are skipped unless DALLEX_SLOW_TESTS=1: the
-  default suite must stay under 10 minutes on 2 cores."""
-  del config
-  if os.environ.get("DALLEX_SLOW_TESTS") == "1":
-    return
-  skip = pytest.mark.skip(reason="slow: set DALLEX_SLOW_TESTS=1 to run")
-  for item in items:
-    if "slow" in item.keywords:
-      item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
