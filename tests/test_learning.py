@@ -26,6 +26,7 @@ def test_200_steps_of_shapes32_place_objects_far_above_chance(tmp_path, full_sha
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   metrics = json.loads((tmp_path / "eval.json").read_text())["splits"]["test"]
-  # Measured: cell 0.85 at 200 steps. A model that stopped learning places
-  # objects at chance (1/9) or draws none at all.
+  # Measured: cell 0.83 at 200 steps under the suite's XLA flags (0.85 with
+  # the optimising backend). A model that stopped learning places objects at
+  # chance (1/9) or draws none at all.
   assert metrics["cell_accuracy"] > 3 * CHANCE_CELL, metrics
