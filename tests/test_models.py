@@ -14,7 +14,7 @@ from dallex import noise
 from dallex.models import (Discriminator, ImageFeatures, TextEncoder, TextFeatures,
                            build_models)
 from dallex.models.generator import AdaIN, UpsampleConv, inward_clip, upsample2x
-from dallex.models.layers import dot_product_attention
+from dallex.models.layers import PointwiseConv, dot_product_attention
 from dallex.objective import build_objective, init_params
 from dallex.text import PAD_ID, VOCAB_SIZE, ByteTokenizer
 
@@ -130,6 +130,23 @@ def test_upsample_conv_is_the_convolution_of_the_upsampled_input():
   half = UpsampleConv(6, dtype=jnp.bfloat16).apply(params, x)
   assert half.dtype == jnp.bfloat16
   np.testing.assert_allclose(half.astype(jnp.float32), slow, rtol=0.05, atol=0.1)
+
+
+def test_pointwise_conv_is_a_1x1_convolution():
+  """Same parameters as nn.Conv(features, (1, 1)) from the same key, and the
+  same values and gradients from them; the compute dtype is honoured."""
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+  conv, reference = PointwiseConv(6), nn.Conv(6, (1, 1))
+  params = conv.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, params, reference.init(jax.random.key(1), x))
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+  np.testing.assert_allclose(conv.apply(params, x), reference.apply(params, x),
+                             rtol=1e-5, atol=1e-5)
+  g = jax.random.normal(jax.random.key(3), (2, 3, 5, 6))
+  grads = [jax.grad(lambda p, x, m=m: jnp.sum(m.apply(p, x) * g), argnums=(0, 1))(params, x)
+           for m in (conv, reference)]
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), *grads)
+  assert PointwiseConv(6, dtype=jnp.bfloat16).apply(params, x).dtype == jnp.bfloat16
 
 
 def test_adain_is_the_modulated_instance_norm_formula():

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from dallex.losses import l2_normalize
 from dallex.models.generator import num_doublings
-from dallex.models.layers import Dtype, dot_product_attention
+from dallex.models.layers import Dtype, PointwiseConv, dot_product_attention
 from dallex.models.text_encoder import TextEncoder, TextFeatures
 
 # He initialisation keeps activations at unit scale through the leaky-ReLU
@@ -75,10 +75,13 @@ class DownBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = functools.partial(nn.Conv, self.channels, kernel_init=_HE, dtype=self.dtype)
-    skip = nn.avg_pool(conv((1, 1), name="skip")(x), (2, 2), (2, 2))
+    # A 1x1 convolution commutes with average pooling: applied after it, the
+    # skip path does a quarter of the work and computes the same values.
+    skip = PointwiseConv(self.channels, _HE, self.dtype, name="skip")(
+        nn.avg_pool(x, (2, 2), (2, 2)))
     for i in range(2):
-      x = nn.leaky_relu(conv((3, 3), name=f"conv_{i}")(x), 0.2)
+      x = nn.leaky_relu(nn.Conv(self.channels, (3, 3), kernel_init=_HE, dtype=self.dtype,
+                                name=f"conv_{i}")(x), 0.2)
     return (nn.avg_pool(x, (2, 2), (2, 2)) + skip) / jnp.sqrt(2.0).astype(self.dtype)
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from dallex.models.conditioning import Conditioning, ConditioningAugmentation
-from dallex.models.layers import Dtype, Norm, TransformerStack
+from dallex.models.layers import Dtype, Norm, PointwiseConv, TransformerStack
 from dallex.models.text_encoder import TextEncoder, TextFeatures
 
 
@@ -184,7 +184,7 @@ class UpBlock(nn.Module):
     # A 1x1 convolution commutes with nearest upsampling: applied before it,
     # the skip path does a quarter of the work (3-4x faster forward and
     # backward at shapes32's sizes on CPU) and computes the same values.
-    skip = upsample2x(nn.Conv(self.channels, (1, 1), dtype=self.dtype, name="skip")(x))
+    skip = upsample2x(PointwiseConv(self.channels, dtype=self.dtype, name="skip")(x))
     convs = (UpsampleConv(self.channels, self.dtype, name="conv_0"),
              nn.Conv(self.channels, (3, 3), dtype=self.dtype, name="conv_1"))
     for i, conv in enumerate(convs):
@@ -288,5 +288,5 @@ class Generator(nn.Module):
     for i, channels in enumerate(stages):
       local = grid_tokens if i < local_blocks else None
       x = UpBlock(channels, self.dtype, name=f"up_{i}")(x, w, local)
-    rgb = nn.Conv(3, (1, 1), dtype=jnp.float32, name="to_rgb")(x).astype(jnp.float32)
+    rgb = PointwiseConv(3, dtype=jnp.float32, name="to_rgb")(x)
     return GeneratorOutput(inward_clip(rgb), text, cond, layout)

@@ -7,9 +7,10 @@ Softmax and normalisation statistics are always computed in float32.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
+from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 
@@ -67,6 +68,25 @@ class MultiHeadAttention(nn.Module):
     out = dot_product_attention(dense("query")(x), dense("key")(context),
                                 dense("value")(context), mask)
     return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+
+
+class PointwiseConv(nn.Module):
+  """``nn.Conv(features, (1, 1))``, computed as a matrix product over the
+  channels: the same parameters (names, shapes, initialisers), so checkpoints
+  of either load into the other, and the same values. XLA:CPU runs a 1x1
+  convolution 2-4x slower than the equal dot at the generator's sizes (its
+  ``to_rgb`` at [64, 32, 32, 32] -> 3 channels: 1.1 ms against 0.27 ms)."""
+  features: int
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x [..., Cin] -> [..., features]."""
+    kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return x @ kernel[0, 0] + bias
 
 
 class Mlp(nn.Module):
