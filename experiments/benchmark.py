@@ -56,6 +56,9 @@ flags.DEFINE_integer("top_ops", 12, "Instructions listed per profile in the ops 
 flags.DEFINE_string("depths", "2,4,8,16", "Transformer depths for the compile-time section.")
 flags.DEFINE_string("sample_batches", "1,64", "Batch sizes for the sampling section.")
 flags.DEFINE_string("devices", "1,2,4,8", "Device counts for the scaling section.")
+flags.DEFINE_integer("cores", None, "Run on this many of the machine's CPU cores only (Linux): "
+                     "utilisation on one core against all shows how well the kernels use "
+                     "several.")
 flags.DEFINE_bool("devices_worker", False, "Internal: run the scaling section in this process.")
 FLAGS = flags.FLAGS
 
@@ -443,9 +446,28 @@ def _write(results: dict, path: str | None) -> None:
     os.replace(path + ".tmp", path)
 
 
+def _use_cores(count: int) -> None:
+  """Pins this process (and the ones it starts) to its first ``count`` CPU cores.
+  Must run before JAX's first computation, which sizes XLA's thread pools."""
+  available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+  if not available:
+    raise ValueError("--cores needs os.sched_setaffinity, which this platform lacks")
+  if not 1 <= count <= len(available):
+    raise ValueError(f"--cores must be between 1 and the {len(available)} cores this process "
+                     f"may use, got {count}")
+  os.sched_setaffinity(0, available[:count])
+
+
+def _cores() -> int:
+  """The CPU cores this process may run on."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)
+  if FLAGS.cores is not None:
+    _use_cores(FLAGS.cores)
   config = FLAGS.config
   if FLAGS.devices_worker:
     counts = [int(x) for x in FLAGS.devices.split(",")]
@@ -454,7 +476,7 @@ def main(argv):
   sections = set(FLAGS.only.split(","))
   dtype = compute_dtype(config.model.dtype)
   results = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}), "
-                       f"{os.cpu_count()} CPU cores", "config": config.model.dtype + " "
+                       f"{_cores()} CPU cores", "config": config.model.dtype + " "
                        + config.data.name + f" r{config.data.resolution} batch "
                        + str(config.train.batch_size)}
   results["matmul_flops_per_s"] = matmul_flops_per_s(dtype)

@@ -6,6 +6,7 @@ experiment scripts imported by the suite define too.
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -70,3 +71,30 @@ def test_op_profile_splits_a_computation_into_its_matmul_and_its_other_work():
   assert out["matmul_ms"] == pytest.approx(sum(o["ms"] for o in out["top"] if o["matmul"]))
   assert all(o["ms"] > 0 for o in out["top"])
   assert any("dot_general" in o["op"] for o in out["top"] if o["matmul"])
+
+
+_CORES_PROBE = """
+import json, os
+from experiments import benchmark
+before = len(os.sched_getaffinity(0))
+errors = []
+for bad in (0, before + 1):
+  try:
+    benchmark._use_cores(bad)
+  except ValueError as e:
+    errors.append(str(e))
+benchmark._use_cores(1)
+child = os.popen("python3 -c 'import os; print(len(os.sched_getaffinity(0)))'").read()
+print(json.dumps(dict(before=before, after=benchmark._cores(), child=int(child), errors=errors)))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+def test_cores_pins_the_process_and_its_children_and_rejects_counts_it_lacks():
+  run = subprocess.run([sys.executable, "-c", _CORES_PROBE], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  out = json.loads(run.stdout.strip().splitlines()[-1])
+  assert out["after"] == out["child"] == 1
+  assert len(out["errors"]) == 2 and all("--cores" in e for e in out["errors"]), out["errors"]
+  assert str(out["before"]) in out["errors"][1]
