@@ -15,7 +15,8 @@ accelerator: on an H200 (jax 0.11.2), XLA:GPU's analysis counted 4.4 GFLOP for
 the bfloat16 ``shapes32`` step that XLA:CPU counts at 20.4.
 Sections: --only=train,profile,ops,compile,sample,input,devices picks some; ``ops``
 lists the instructions of the train step and of sampling by their time in a
-``jax.profiler`` trace.
+``jax.profiler`` trace. ``--cores=1`` runs it all on one core: utilisation on
+one core against all of them says how well XLA's kernels spread over cores.
 """
 
 import collections
@@ -252,7 +253,9 @@ def op_times(hlo: str, run: Callable[[], object], calls: int = 10) -> dict:
   ms per call of the matrix products (dots and convolutions, fused or not)
   and of everything else, and the instructions by time (the thunk executor
   runs independent ones at once, so the parts can add up to more than the
-  time of an untraced call).
+  time of an untraced call). On several cores, an instruction XLA:CPU hands
+  to Eigen's thread pool (the text encoder's convolutions) is timed only
+  for its dispatch: 0.05 ms for one that takes 5 ms on one core.
   """
   ops = _instructions(hlo)
   run()
