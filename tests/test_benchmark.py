@@ -74,7 +74,7 @@ def test_op_profile_splits_a_computation_into_its_matmul_and_its_other_work():
 
 
 _CORES_PROBE = """
-import json, os
+import json, os, subprocess, sys
 from experiments import benchmark
 before = len(os.sched_getaffinity(0))
 errors = []
@@ -84,7 +84,8 @@ for bad in (0, before + 1):
   except ValueError as e:
     errors.append(str(e))
 benchmark._use_cores(1)
-child = os.popen("python3 -c 'import os; print(len(os.sched_getaffinity(0)))'").read()
+child = subprocess.run([sys.executable, "-c", "import os; print(len(os.sched_getaffinity(0)))"],
+                       capture_output=True, text=True, check=True).stdout
 print(json.dumps(dict(before=before, after=benchmark._cores(), child=int(child), errors=errors)))
 """
 

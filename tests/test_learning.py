@@ -4,6 +4,7 @@ About 2 minutes on 2 cores, so it runs in every `make test`.
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,21 +13,30 @@ from conftest import ROOT
 CHANCE_CELL = 1 / 9
 
 
+def _optimising_backend_env() -> dict:
+  """The environment without the suite's unoptimised-backend XLA flag
+  (conftest.py): a real-size model runs far longer than it compiles. Alone,
+  this test took 2 min 10 s with the optimising backend, 3 min 6 s with the
+  unoptimised one."""
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  flags = [f for f in flags if not f.startswith("--xla_backend_optimization_level")]
+  return dict(os.environ, XLA_FLAGS=" ".join(flags))
+
+
 def test_200_steps_of_shapes32_place_objects_far_above_chance(tmp_path, full_shapes_r32):
   data_dir = str(full_shapes_r32.data_dir_root)
   train = subprocess.run(
       [sys.executable, "-m", "experiments.train", "--config=experiments/configs/shapes32.py",
        f"--workdir={tmp_path / 'run'}", "--config.train.steps=200",
        f"--config.data.data_dir={data_dir}", "--config.train.sample_every=0"],
-      cwd=ROOT, capture_output=True, text=True, timeout=1800)
+      cwd=ROOT, capture_output=True, text=True, timeout=1800, env=_optimising_backend_env())
   assert train.returncode == 0, train.stderr[-3000:]
   evaluate = subprocess.run(
       [sys.executable, "-m", "experiments.evaluate", f"--workdir={tmp_path / 'run'}",
        "--split=test", "--num=300", f"--out={tmp_path / 'eval.json'}", f"--data_dir={data_dir}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+      cwd=ROOT, capture_output=True, text=True, timeout=600, env=_optimising_backend_env())
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   metrics = json.loads((tmp_path / "eval.json").read_text())["splits"]["test"]
-  # Measured: cell 0.83 at 200 steps under the suite's XLA flags (0.85 with
-  # the optimising backend). A model that stopped learning places objects at
-  # chance (1/9) or draws none at all.
+  # Measured: cell 0.85 at 200 steps (0.83 under the unoptimised backend). A
+  # model that stopped learning places objects at chance (1/9) or draws none.
   assert metrics["cell_accuracy"] > 3 * CHANCE_CELL, metrics
