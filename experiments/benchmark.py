@@ -13,10 +13,13 @@ unrolled (``model.scan=False``: the same arithmetic); times are of the
 configured (scanned) step. FLOPs are always counted by XLA:CPU, also on an
 accelerator: on an H200 (jax 0.11.2), XLA:GPU's analysis counted 4.4 GFLOP for
 the bfloat16 ``shapes32`` step that XLA:CPU counts at 20.4.
-Sections: --only=train,profile,ops,compile,sample,input,devices picks some; ``ops``
-lists the instructions of the train step and of sampling by their time in a
-``jax.profiler`` trace. ``--cores=1`` runs it all on one core: utilisation on
-one core against all of them says how well XLA's kernels spread over cores.
+Sections: --only=train,profile,ops,products,compile,sample,input,devices picks
+some; ``ops`` lists the instructions of the train step and of sampling by their
+time in a ``jax.profiler`` trace; ``products`` times each of their matrix
+products (dots and convolutions) compiled alone: the utilisation of the
+products alone is about the most the whole can reach on this backend. ``--cores=1``
+runs it all on one core: utilisation on one core against all of them says how
+well XLA's kernels spread over cores.
 """
 
 import collections
@@ -35,6 +38,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jcore
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -50,10 +54,12 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.",
                                 lock_config=True)
 flags.DEFINE_string("out", None, "Write the results here as JSON.")
-flags.DEFINE_string("only", "train,profile,ops,compile,sample,input,devices", "Sections to run.")
+flags.DEFINE_string("only", "train,profile,ops,products,compile,sample,input,devices",
+                    "Sections to run.")
 flags.DEFINE_integer("steps", 10, "Timed train steps per repeat.")
 flags.DEFINE_integer("repeats", 5, "Repeats; the median is reported.")
-flags.DEFINE_integer("top_ops", 12, "Instructions listed per profile in the ops section.")
+flags.DEFINE_integer("top_ops", 12, "Instructions (products) listed per profile in the ops "
+                     "(products) section.")
 flags.DEFINE_string("depths", "2,4,8,16", "Transformer depths for the compile-time section.")
 flags.DEFINE_string("sample_batches", "1,64", "Batch sizes for the sampling section.")
 flags.DEFINE_string("devices", "1,2,4,8", "Device counts for the scaling section.")
@@ -304,6 +310,129 @@ def bench_ops(config, top: int) -> dict:
   return out
 
 
+_PRODUCTS = ("dot_general", "conv_general_dilated")
+
+
+def matrix_products(jaxpr: jcore.Jaxpr) -> dict:
+  """Every dot and convolution that ``jaxpr`` runs, also inside the jaxprs it
+  calls, as key -> [equation, how many times it runs]; equal products (same
+  primitive, operand shapes and dtypes, parameters) share a key, and the
+  equation kept is the first. Products whose results nothing uses are left
+  out, as XLA leaves them out. A scan's body counts ``length`` times; a
+  product inside a while loop or a cond raises a ValueError, since how often
+  it runs is known only at run time."""
+  out = {}
+  _live_products(jaxpr, [True] * len(jaxpr.outvars), 1, out)
+  return out
+
+
+def _live_products(jaxpr: jcore.Jaxpr, live_outputs: list[bool], repeat: int,
+                   out: dict) -> list[bool]:
+  """Adds the products of ``jaxpr`` that its live outputs need to ``out``;
+  returns which of its inputs those outputs read."""
+  live = {v for v, used in zip(jaxpr.outvars, live_outputs) if used and isinstance(v, jcore.Var)}
+  for eqn in reversed(jaxpr.eqns):
+    used = [v in live for v in eqn.outvars]
+    if not any(used) and not eqn.effects:
+      continue
+    if eqn.primitive.name in _PRODUCTS:
+      key = (eqn.primitive.name, tuple((v.aval.shape, str(v.aval.dtype)) for v in eqn.invars),
+             repr(sorted(eqn.params.items())))
+      out.setdefault(key, [eqn, 0])[1] += repeat
+    reads = [True] * len(eqn.invars)
+    subs = [sub.jaxpr if isinstance(sub, jcore.ClosedJaxpr) else sub
+            for value in eqn.params.values()
+            for sub in (value if isinstance(value, (list, tuple)) else [value])
+            if isinstance(sub, (jcore.ClosedJaxpr, jcore.Jaxpr))]
+    name = eqn.primitive.name
+    for sub in subs:
+      if name in ("while", "cond"):
+        if matrix_products(sub):
+          raise ValueError(f"a {name} runs matrix products a number of times known only "
+                           "at run time")
+      elif (name != "scan" and len(subs) == 1 and len(sub.outvars) == len(eqn.outvars)
+            and len(sub.invars) == len(eqn.invars)):
+        # A call (jit, remat, custom derivatives): its outputs are the equation's.
+        reads = _live_products(sub, used, repeat, out)
+      else:
+        _live_products(sub, [True] * len(sub.outvars),
+                       repeat * eqn.params["length"] if name == "scan" else repeat, out)
+    live.update(v for v, r in zip(eqn.invars, reads) if r and isinstance(v, jcore.Var))
+  return [v in live for v in jaxpr.invars]
+
+
+def _product_fn(eqn):
+  """A function that runs the product of ``eqn`` alone."""
+  return lambda *args: eqn.primitive.bind(*args, **eqn.params)
+
+
+def product_times(jaxpr: jcore.Jaxpr, matmul: float, calls: int = 10) -> dict:
+  """The matrix products of ``jaxpr`` (``matrix_products``), each compiled and
+  timed alone: their summed seconds and FLOPs, and their utilisation. That
+  is about the most the whole computation can reach, were all its other work
+  free (an estimate, not a bound: inside the whole, XLA may lay out or fuse a
+  product differently). FLOPs are XLA:CPU's count, as elsewhere.
+
+  Returns ms and GFLOP summed over every run of every product, utilisation,
+  how many products run and how many differ, and the products by time.
+  """
+  rows = []
+  for i, (eqn, count) in enumerate(matrix_products(jaxpr).values()):
+    fn = _product_fn(eqn)
+    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.invars]
+    args = [jax.random.normal(jax.random.key(i), a.shape, a.dtype) for a in avals]
+    compiled = jax.jit(fn).lower(*args).compile()
+    if jax.default_backend() == "cpu":
+      flops = _flops(compiled)
+    else:
+      with _cpu_counting():
+        flops = _flops(jax.jit(fn).lower(*avals).compile())
+
+    def run(compiled=compiled, args=args):
+      for _ in range(calls):  # dispatched without waiting, so dispatch overlaps the work
+        out = compiled(*args)
+      out.block_until_ready()
+
+    run()
+    seconds = _median_time(run, FLAGS.repeats) / calls
+    rows.append(dict(ms=1e3 * seconds * count, gflops=flops * count / 1e9, count=count,
+                     utilisation=flops / seconds / matmul, primitive=eqn.primitive.name,
+                     shapes=[list(a.shape) for a in avals],
+                     op=str(eqn.source_info.name_stack)))
+  rows.sort(key=lambda r: -r["ms"])
+  ms, gflops = sum(r["ms"] for r in rows), sum(r["gflops"] for r in rows)
+  return dict(ms=ms, gflops=gflops, utilisation=gflops * 1e9 / (ms / 1e3) / matmul,
+              products=sum(r["count"] for r in rows), distinct=len(rows), top=rows)
+
+
+def bench_products(config, matmul: float, top: int) -> dict:
+  """``product_times`` of ``sample`` at batch 64 and of the train step, each
+  beside the whole computation's time, measured the same way."""
+  generator, params, ids, mask = _sample_setup(config)
+  ids, mask = ids.repeat(64, 0), mask.repeat(64, 0)
+  sampler = functools.partial(sample, generator, z_dim=config.model.z_dim,
+                              ca_dim=config.model.ca_dim)
+  compiled = jax.jit(sampler).lower(params, ids, mask, jax.random.key(0)).compile()
+
+  def sample_calls(calls: int = 4):
+    for _ in range(calls):
+      out = compiled(params, ids, mask, jax.random.key(0))
+    out.block_until_ready()
+
+  sample_calls()
+  out = {"sample, batch 64": dict(
+      product_times(jax.make_jaxpr(sampler)(params, ids, mask, jax.random.key(0)).jaxpr, matmul),
+      whole_ms=1e3 * _median_time(sample_calls, FLAGS.repeats) / 4)}
+  step, state, batch, _ = _train_setup(config, jax.devices()[:1])
+  jaxpr = jax.make_jaxpr(step)(state, batch).jaxpr
+  seconds, _ = _time_steps(step.lower(state, batch).compile(), state, batch, FLAGS.steps,
+                           FLAGS.repeats)
+  out["train step"] = dict(product_times(jaxpr, matmul), whole_ms=1e3 * seconds)
+  for profile in out.values():
+    profile["top"] = profile["top"][:top]
+  return out
+
+
 def bench_compile(config, depths: list[int]) -> dict:
   """Seconds to trace, lower and compile the train step at each Transformer depth."""
   seconds = []
@@ -420,6 +549,8 @@ def _print_table(results: dict) -> None:
   for key, value in results.items():
     if key == "ops":
       _print_ops(value)
+    elif key == "products":
+      _print_products(value)
     elif isinstance(value, dict):
       print(f"  {key}:")
       for k, v in value.items():
@@ -438,6 +569,17 @@ def _print_ops(profiles: dict) -> None:
     for o in p["top"]:
       kind = "matmul" if o["matmul"] else "other"
       print(f"    {o['ms']:7.2f} ms  {kind:<6} {o['shape']:<28} {o['op'][-70:]}")
+
+
+def _print_products(profiles: dict) -> None:
+  for name, p in profiles.items():
+    print(f"  matrix products alone, {name}: {p['products']} ({p['distinct']} different), "
+          f"{p['ms']:.1f} ms for {p['gflops']:.2f} GFLOP, utilisation {p['utilisation']:.3f}; "
+          f"the whole {p['whole_ms']:.1f} ms")
+    for o in p["top"]:
+      shapes = " ".join("x".join(map(str, s)) for s in o["shapes"])
+      print(f"    {o['ms']:7.2f} ms  {o['utilisation']:5.2f}  x{o['count']:<3} {shapes:<26} "
+            f"{o['op'][-60:]}")
 
 
 def _write(results: dict, path: str | None) -> None:
@@ -499,6 +641,9 @@ def main(argv):
     write()
   if "ops" in sections:
     results["ops"] = bench_ops(config, FLAGS.top_ops)
+    write()
+  if "products" in sections:
+    results["products"] = bench_products(config, results["matmul_flops_per_s"], FLAGS.top_ops)
     write()
   if "compile" in sections:
     depths = [int(x) for x in FLAGS.depths.split(",")]

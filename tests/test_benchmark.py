@@ -14,6 +14,14 @@ import pytest
 
 from conftest import ROOT
 
+def _probe(code: str) -> dict:
+  """Runs ``code`` in a fresh Python and returns the JSON its last line prints."""
+  run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 _PROBE = """
 import json, sys
 import jax
@@ -32,10 +40,7 @@ print(json.dumps(out))
 
 
 def test_train_flops_count_every_scanned_block_and_utilisation_is_their_rate_over_the_limit():
-  run = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
-  out = json.loads(run.stdout.strip().splitlines()[-1])
+  out = _probe(_PROBE)
   assert out["train_utilisation"] == pytest.approx(out["train_flops_per_s"] / 1e9, rel=1e-9)
   assert out["train_images_per_s"] == pytest.approx(4 * out["train_steps_per_s"], rel=1e-6)
   assert out["train_memory_bytes"]["peak_estimate"] > 0
@@ -61,10 +66,7 @@ print(json.dumps(out))
 
 
 def test_op_profile_splits_a_computation_into_its_matmul_and_its_other_work():
-  run = subprocess.run([sys.executable, "-c", _OPS_PROBE], cwd=ROOT, capture_output=True,
-                       text=True, timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
-  out = json.loads(run.stdout.strip().splitlines()[-1])
+  out = _probe(_OPS_PROBE)
   kinds = {o["matmul"] for o in out["top"]}
   assert kinds == {True, False}, out["top"]
   assert [o["ms"] for o in out["top"]] == sorted((o["ms"] for o in out["top"]), reverse=True)
@@ -92,10 +94,58 @@ print(json.dumps(dict(before=before, after=benchmark._cores(), child=int(child),
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
 def test_cores_pins_the_process_and_its_children_and_rejects_counts_it_lacks():
-  run = subprocess.run([sys.executable, "-c", _CORES_PROBE], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
-  assert run.returncode == 0, run.stderr[-3000:]
-  out = json.loads(run.stdout.strip().splitlines()[-1])
+  out = _probe(_CORES_PROBE)
   assert out["after"] == out["child"] == 1
   assert len(out["errors"]) == 2 and all("--cores" in e for e in out["errors"]), out["errors"]
   assert str(out["before"]) in out["errors"][1]
+
+
+_PRODUCTS_PROBE = """
+import json
+import jax, jax.numpy as jnp
+from absl import flags
+from experiments import benchmark
+flags.FLAGS(["benchmark", "--repeats=1"])
+
+def f(x, w, k):
+  y, _ = jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=3)
+  image = jax.lax.conv_general_dilated(y.reshape(1, 8, 8, 16), k, (1, 1), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  # The same product as the scan's, in a call whose second output nothing uses.
+  used, _ = jax.jit(lambda a: (a @ w, (a @ w.T) @ w))(y)
+  return used, image
+
+x, w, k = jnp.ones((64, 16)), jnp.ones((16, 16)), jnp.ones((3, 3, 16, 4))
+out = benchmark.product_times(jax.make_jaxpr(f)(x, w, k).jaxpr, matmul=1e9, calls=2)
+errors = []
+for g in (lambda n, a: jax.lax.fori_loop(0, n, lambda i, c: c @ a, a),
+          lambda n, a: jax.lax.cond(n > 0, lambda: a @ a, lambda: a)):
+  try:
+    benchmark.matrix_products(jax.make_jaxpr(g)(3, w).jaxpr)
+  except ValueError as e:
+    errors.append(str(e))
+out["errors"] = errors
+loop = lambda n, a: jax.lax.fori_loop(0, n, lambda i, c: c + 1.0, a)
+out["loop_without_products"] = len(benchmark.matrix_products(jax.make_jaxpr(loop)(3, w).jaxpr))
+print(json.dumps(out))
+"""
+
+
+def test_products_are_counted_through_scans_and_calls_unless_unused_and_timed_one_by_one():
+  out = _probe(_PRODUCTS_PROBE)
+  assert (out["products"], out["distinct"]) == (5, 2)
+  by_kind = {o["primitive"]: o for o in out["top"]}
+  dot, conv = by_kind["dot_general"], by_kind["conv_general_dilated"]
+  # The scan's body runs three times and the call's used product once (its
+  # unused ones not at all): 4 x 2 * 64 * 16 * 16 FLOPs.
+  assert dot["count"] == 4 and dot["gflops"] == pytest.approx(4 * 2 * 64 * 16 * 16 / 1e9)
+  assert conv["count"] == 1 and conv["shapes"] == [[1, 8, 8, 16], [3, 3, 16, 4]]
+  assert conv["gflops"] > 0
+  assert out["gflops"] == pytest.approx(dot["gflops"] + conv["gflops"])
+  assert out["ms"] == pytest.approx(dot["ms"] + conv["ms"]) and out["ms"] > 0
+  assert out["utilisation"] == pytest.approx(out["gflops"] / out["ms"] * 1e3, rel=1e-9)
+  assert [o["ms"] for o in out["top"]] == sorted((o["ms"] for o in out["top"]), reverse=True)
+  # A loop or cond whose trip count or branch is known only at run time.
+  assert len(out["errors"]) == 2, out["errors"]
+  assert "while" in out["errors"][0] and "cond" in out["errors"][1]
+  assert out["loop_without_products"] == 0
