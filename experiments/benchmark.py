@@ -315,30 +315,33 @@ _PRODUCTS = ("dot_general", "conv_general_dilated")
 
 def matrix_products(jaxpr: jcore.Jaxpr) -> dict:
   """Every dot and convolution that ``jaxpr`` runs, also inside the jaxprs it
-  calls, as key -> [equation, how many times it runs]; equal products (same
-  primitive, operand shapes and dtypes, parameters) share a key, and the
-  equation kept is the first. Products whose results nothing uses are left
-  out, as XLA leaves them out. A scan's body counts ``length`` times; a
-  product inside a while loop or a cond raises a ValueError, since how often
-  it runs is known only at run time."""
+  calls, as key -> [equation, how many times it runs, its name]; equal
+  products (same primitive, operand shapes and dtypes, parameters) share a
+  key, which keeps the equation and name of one of them. Products whose
+  results nothing uses are left out, as XLA leaves them out. A scan's body
+  counts ``length`` times; a product inside a while loop or a cond raises a
+  ValueError, since how often it runs is known only at run time."""
   out = {}
-  _live_products(jaxpr, [True] * len(jaxpr.outvars), 1, out)
+  _live_products(jaxpr, [True] * len(jaxpr.outvars), 1, "", out)
   return out
 
 
-def _live_products(jaxpr: jcore.Jaxpr, live_outputs: list[bool], repeat: int,
+def _live_products(jaxpr: jcore.Jaxpr, live_outputs: list[bool], repeat: int, scope: str,
                    out: dict) -> list[bool]:
-  """Adds the products of ``jaxpr`` that its live outputs need to ``out``;
+  """Adds the products of ``jaxpr`` that its live outputs need to ``out`` as
+  key -> [equation, count, name: ``scope`` and the equation's name stack];
   returns which of its inputs those outputs read."""
   live = {v for v, used in zip(jaxpr.outvars, live_outputs) if used and isinstance(v, jcore.Var)}
   for eqn in reversed(jaxpr.eqns):
     used = [v in live for v in eqn.outvars]
     if not any(used) and not eqn.effects:
       continue
+    # A called jaxpr's names are relative to its caller's.
+    name_stack = "/".join(n for n in (scope, str(eqn.source_info.name_stack)) if n)
     if eqn.primitive.name in _PRODUCTS:
       key = (eqn.primitive.name, tuple((v.aval.shape, str(v.aval.dtype)) for v in eqn.invars),
              repr(sorted(eqn.params.items())))
-      out.setdefault(key, [eqn, 0])[1] += repeat
+      out.setdefault(key, [eqn, 0, name_stack])[1] += repeat
     reads = [True] * len(eqn.invars)
     subs = [sub.jaxpr if isinstance(sub, jcore.ClosedJaxpr) else sub
             for value in eqn.params.values()
@@ -353,10 +356,11 @@ def _live_products(jaxpr: jcore.Jaxpr, live_outputs: list[bool], repeat: int,
       elif (name != "scan" and len(subs) == 1 and len(sub.outvars) == len(eqn.outvars)
             and len(sub.invars) == len(eqn.invars)):
         # A call (jit, remat, custom derivatives): its outputs are the equation's.
-        reads = _live_products(sub, used, repeat, out)
+        reads = _live_products(sub, used, repeat, name_stack, out)
       else:
         _live_products(sub, [True] * len(sub.outvars),
-                       repeat * eqn.params["length"] if name == "scan" else repeat, out)
+                       repeat * eqn.params["length"] if name == "scan" else repeat, name_stack,
+                       out)
     live.update(v for v, r in zip(eqn.invars, reads) if r and isinstance(v, jcore.Var))
   return [v in live for v in jaxpr.invars]
 
@@ -377,7 +381,7 @@ def product_times(jaxpr: jcore.Jaxpr, matmul: float, calls: int = 10) -> dict:
   how many products run and how many differ, and the products by time.
   """
   rows = []
-  for i, (eqn, count) in enumerate(matrix_products(jaxpr).values()):
+  for i, (eqn, count, name) in enumerate(matrix_products(jaxpr).values()):
     fn = _product_fn(eqn)
     avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.invars]
     args = [jax.random.normal(jax.random.key(i), a.shape, a.dtype) for a in avals]
@@ -398,7 +402,7 @@ def product_times(jaxpr: jcore.Jaxpr, matmul: float, calls: int = 10) -> dict:
     rows.append(dict(ms=1e3 * seconds * count, gflops=flops * count / 1e9, count=count,
                      utilisation=flops / seconds / matmul, primitive=eqn.primitive.name,
                      shapes=[list(a.shape) for a in avals],
-                     op=str(eqn.source_info.name_stack)))
+                     op=name))
   rows.sort(key=lambda r: -r["ms"])
   ms, gflops = sum(r["ms"] for r in rows), sum(r["gflops"] for r in rows)
   return dict(ms=ms, gflops=gflops, utilisation=gflops * 1e9 / (ms / 1e3) / matmul,
