@@ -14,7 +14,7 @@ from dallex import noise
 from dallex.models import (Discriminator, ImageFeatures, TextEncoder, TextFeatures,
                            build_models)
 from dallex.models.generator import AdaIN, UpsampleConv, inward_clip, upsample2x
-from dallex.models.layers import PointwiseConv, dot_product_attention
+from dallex.models.layers import Conv, PointwiseConv, conv2d, dot_product_attention
 from dallex.objective import build_objective, init_params
 from dallex.text import PAD_ID, VOCAB_SIZE, ByteTokenizer
 
@@ -147,6 +147,50 @@ def test_pointwise_conv_is_a_1x1_convolution():
            for m in (conv, reference)]
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), *grads)
   assert PointwiseConv(6, dtype=jnp.bfloat16).apply(params, x).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("batch", [3, 20])
+def test_conv_is_nn_conv_with_the_same_gradients_to_second_order(batch):
+  """Conv has nn.Conv's parameters from the same key and its values; its
+  gradients, also the R1 penalty's gradient of a gradient, match XLA's
+  convolution's. At batch 20 (32 px, 16 channels) the kernel gradient is
+  summed over uneven chunks of the batch (8 + 8 + 4 images on CPU)."""
+  x = jax.random.normal(jax.random.key(0), (batch, 32, 32, 16))
+  conv, reference = Conv(8, kernel_init=nn.initializers.he_normal()), nn.Conv(
+      8, (3, 3), kernel_init=nn.initializers.he_normal())
+  params = conv.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, params, reference.init(jax.random.key(1), x))
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape),
+                        params)
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-4)
+  close(conv.apply(params, x), reference.apply(params, x))
+  loss = lambda m, p, x: jnp.sum(jnp.tanh(m.apply(p, x)) ** 2)
+  jax.tree.map(close, *[jax.grad(loss, argnums=(1, 2))(m, params, x) for m in (conv, reference)])
+  r1 = lambda m, p: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.tanh(m.apply(p, x))))(x) ** 2)
+  grads = [jax.grad(r1, argnums=1)(m, params) for m in (conv, reference)]
+  jax.tree.map(lambda a, b: close(a / jnp.abs(b).max(), b / jnp.abs(b).max()), *grads)
+  # In bfloat16, the kernel gradient (its chunks summed in float32) stays
+  # near nn.Conv's in bfloat16.
+  halves = Conv(8, dtype=jnp.bfloat16), nn.Conv(8, (3, 3), dtype=jnp.bfloat16)
+  assert halves[0].apply(params, x).dtype == jnp.bfloat16
+  kernels = [jax.grad(lambda p, m=m: jnp.sum(m.apply(p, x).astype(jnp.float32) ** 2))(
+      params)["params"]["kernel"] for m in halves]
+  np.testing.assert_allclose(*kernels, rtol=0.05, atol=0.02 * np.abs(kernels[1]).max())
+
+
+def test_conv2d_takes_any_stride_1_padding():
+  """conv2d with uneven padding (as the upsampling phases use it) and a
+  non-square kernel: XLA's values and gradients."""
+  x = jax.random.normal(jax.random.key(0), (20, 32, 32, 16))
+  kernel = jax.random.normal(jax.random.key(1), (2, 3, 16, 4))
+  padding = ((0, 1), (2, 0))
+  xla = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), padding,
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = lambda x, k: conv2d(x, k, padding)
+  np.testing.assert_allclose(ours(x, kernel), xla(x, kernel), rtol=1e-5, atol=1e-4)
+  grads = [jax.grad(lambda x, k, f=f: jnp.sum(jnp.sin(f(x, k))), argnums=(0, 1))(x, kernel)
+           for f in (ours, xla)]
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-3), *grads)
 
 
 def test_adain_is_the_modulated_instance_norm_formula():

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from dallex.losses import l2_normalize
 from dallex.models.generator import num_doublings
-from dallex.models.layers import Dtype, PointwiseConv, dot_product_attention
+from dallex.models.layers import Conv, Dtype, PointwiseConv, dot_product_attention
 from dallex.models.text_encoder import TextEncoder, TextFeatures
 
 # He initialisation keeps activations at unit scale through the leaky-ReLU
@@ -80,8 +80,8 @@ class DownBlock(nn.Module):
     skip = PointwiseConv(self.channels, _HE, self.dtype, name="skip")(
         nn.avg_pool(x, (2, 2), (2, 2)))
     for i in range(2):
-      x = nn.leaky_relu(nn.Conv(self.channels, (3, 3), kernel_init=_HE, dtype=self.dtype,
-                                name=f"conv_{i}")(x), 0.2)
+      x = nn.leaky_relu(Conv(self.channels, kernel_init=_HE, dtype=self.dtype,
+                             name=f"conv_{i}")(x), 0.2)
     return (nn.avg_pool(x, (2, 2), (2, 2)) + skip) / jnp.sqrt(2.0).astype(self.dtype)
 
 
@@ -94,7 +94,7 @@ class _Trunk(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array) -> tuple[ImageFeatures, list[jax.Array]]:
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), kernel_init=_HE, dtype=self.dtype)
+    conv = functools.partial(Conv, kernel_init=_HE, dtype=self.dtype)
     x = nn.leaky_relu(conv(self.base_channels, name="stem")(images.astype(self.dtype)), 0.2)
     feats = []
     for i, channels in enumerate(self.stage_channels):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from dallex.models.conditioning import Conditioning, ConditioningAugmentation
-from dallex.models.layers import Dtype, Norm, PointwiseConv, TransformerStack
+from dallex.models.layers import Conv, Dtype, Norm, PointwiseConv, TransformerStack, conv2d
 from dallex.models.text_encoder import TextEncoder, TextFeatures
 
 
@@ -83,8 +83,7 @@ def upsample_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     cols = []
     for c, k in enumerate(_fold_taps(row_kernel, 1)):
       # Phase 0 reads (i-1, i): pad before; phase 1 reads (i, i+1): pad after.
-      cols.append(jax.lax.conv_general_dilated(
-          x, k, (1, 1), ((1 - a, a), (1 - c, c)), dimension_numbers=("NHWC", "HWIO", "NHWC")))
+      cols.append(conv2d(x, k, ((1 - a, a), (1 - c, c))))
     rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2 (column phase), Cout]
   return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, kernel.shape[-1])
 
@@ -186,7 +185,7 @@ class UpBlock(nn.Module):
     # backward at shapes32's sizes on CPU) and computes the same values.
     skip = upsample2x(PointwiseConv(self.channels, dtype=self.dtype, name="skip")(x))
     convs = (UpsampleConv(self.channels, self.dtype, name="conv_0"),
-             nn.Conv(self.channels, (3, 3), dtype=self.dtype, name="conv_1"))
+             Conv(self.channels, dtype=self.dtype, name="conv_1"))
     for i, conv in enumerate(convs):
       x = nn.leaky_relu(AdaIN(self.dtype, name=f"norm_{i}")(conv(x), style, local), 0.2)
     return (x + skip) / jnp.sqrt(2.0).astype(self.dtype)
