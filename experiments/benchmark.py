@@ -17,9 +17,9 @@ Sections: --only=train,profile,ops,products,compile,sample,input,devices picks
 some; ``ops`` lists the instructions of the train step and of sampling by their
 time in a ``jax.profiler`` trace; ``products`` times each of their matrix
 products (dots and convolutions) compiled alone: the utilisation of the
-products alone is about the most the whole can reach on this backend. ``--cores=1``
-runs it all on one core: utilisation on one core against all of them says how
-well XLA's kernels spread over cores.
+products alone is about the most the whole can reach on this backend.
+``--cores=1`` runs it all on one core: utilisation on one core against all of
+them says how well XLA's kernels spread over cores.
 """
 
 import collections
@@ -58,8 +58,7 @@ flags.DEFINE_string("only", "train,profile,ops,products,compile,sample,input,dev
                     "Sections to run.")
 flags.DEFINE_integer("steps", 10, "Timed train steps per repeat.")
 flags.DEFINE_integer("repeats", 5, "Repeats; the median is reported.")
-flags.DEFINE_integer("top_ops", 12, "Instructions (products) listed per profile in the ops "
-                     "(products) section.")
+flags.DEFINE_integer("top_ops", 12, "Rows listed per profile in the ops and products sections.")
 flags.DEFINE_string("depths", "2,4,8,16", "Transformer depths for the compile-time section.")
 flags.DEFINE_string("sample_batches", "1,64", "Batch sizes for the sampling section.")
 flags.DEFINE_string("devices", "1,2,4,8", "Device counts for the scaling section.")
@@ -347,20 +346,20 @@ def _live_products(jaxpr: jcore.Jaxpr, live_outputs: list[bool], repeat: int, sc
             for value in eqn.params.values()
             for sub in (value if isinstance(value, (list, tuple)) else [value])
             if isinstance(sub, (jcore.ClosedJaxpr, jcore.Jaxpr))]
-    name = eqn.primitive.name
+    primitive = eqn.primitive.name
     for sub in subs:
-      if name in ("while", "cond"):
+      if primitive in ("while", "cond"):
         if matrix_products(sub):
-          raise ValueError(f"a {name} runs matrix products a number of times known only "
+          raise ValueError(f"a {primitive} runs matrix products a number of times known only "
                            "at run time")
-      elif (name != "scan" and len(subs) == 1 and len(sub.outvars) == len(eqn.outvars)
+      elif (primitive != "scan" and len(subs) == 1 and len(sub.outvars) == len(eqn.outvars)
             and len(sub.invars) == len(eqn.invars)):
         # A call (jit, remat, custom derivatives): its outputs are the equation's.
         reads = _live_products(sub, used, repeat, name_stack, out)
       else:
         _live_products(sub, [True] * len(sub.outvars),
-                       repeat * eqn.params["length"] if name == "scan" else repeat, name_stack,
-                       out)
+                       repeat * eqn.params["length"] if primitive == "scan" else repeat,
+                       name_stack, out)
     live.update(v for v, r in zip(eqn.invars, reads) if r and isinstance(v, jcore.Var))
   return [v in live for v in jaxpr.invars]
 
@@ -401,8 +400,7 @@ def product_times(jaxpr: jcore.Jaxpr, matmul: float, calls: int = 10) -> dict:
     seconds = _median_time(run, FLAGS.repeats) / calls
     rows.append(dict(ms=1e3 * seconds * count, gflops=flops * count / 1e9, count=count,
                      utilisation=flops / seconds / matmul, primitive=eqn.primitive.name,
-                     shapes=[list(a.shape) for a in avals],
-                     op=name))
+                     shapes=[list(a.shape) for a in avals], op=name))
   rows.sort(key=lambda r: -r["ms"])
   ms, gflops = sum(r["ms"] for r in rows), sum(r["gflops"] for r in rows)
   return dict(ms=ms, gflops=gflops, utilisation=gflops * 1e9 / (ms / 1e3) / matmul,
