@@ -150,11 +150,12 @@ def test_pointwise_conv_is_a_1x1_convolution():
 
 
 @pytest.mark.parametrize("batch", [3, 20])
-def test_conv_is_nn_conv_with_the_same_gradients_to_second_order(batch):
+def test_conv_is_nn_conv_with_the_same_derivatives(batch):
   """Conv has nn.Conv's parameters from the same key and its values; its
-  gradients, also the R1 penalty's gradient of a gradient, match XLA's
-  convolution's. At batch 20 (32 px, 16 channels) the kernel gradient is
-  summed over uneven chunks of the batch (8 + 8 + 4 images on CPU)."""
+  gradients, also the R1 penalty's gradient of a gradient, and its forward-mode
+  derivative match XLA's convolution's. At batch 20 (32 px, 16 channels) the
+  kernel gradient is summed over uneven chunks of the batch (8 + 8 + 4 images
+  on CPU)."""
   x = jax.random.normal(jax.random.key(0), (batch, 32, 32, 16))
   conv, reference = Conv(8, kernel_init=nn.initializers.he_normal()), nn.Conv(
       8, (3, 3), kernel_init=nn.initializers.he_normal())
@@ -169,6 +170,9 @@ def test_conv_is_nn_conv_with_the_same_gradients_to_second_order(batch):
   r1 = lambda m, p: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.tanh(m.apply(p, x))))(x) ** 2)
   grads = [jax.grad(r1, argnums=1)(m, params) for m in (conv, reference)]
   jax.tree.map(lambda a, b: close(a / jnp.abs(b).max(), b / jnp.abs(b).max()), *grads)
+  tangents = [jax.jvp(lambda p, x, m=m: m.apply(p, x), (params, x), (params, x))[1]
+              for m in (conv, reference)]
+  close(*tangents)
   # In bfloat16, the kernel gradient (its chunks summed in float32) stays
   # near nn.Conv's in bfloat16.
   halves = Conv(8, dtype=jnp.bfloat16), nn.Conv(8, (3, 3), dtype=jnp.bfloat16)

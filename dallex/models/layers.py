@@ -15,6 +15,7 @@ from typing import Any, Callable
 import flax.linen as nn
 from flax.linen.dtypes import promote_dtype
 import jax
+from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
 
 Dtype = Any
@@ -102,60 +103,49 @@ def _conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
 _KERNEL_GRAD_CHUNK = 2**17
 
 
-def _kernel_grad(x: jax.Array, g: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-  """The gradient of conv2d(x, kernel) with respect to the kernel, given the
-  output's cotangent ``g``: [kh, kw, Cin, Cout].
+def _by_chunks(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+  """conv(x, kernel), on CPU computed over chunks of the batch of about 2^17
+  input elements each (8 images at 32 px and 16 channels) and concatenated.
 
-  On CPU, summed over chunks of the batch of about 2^17 input elements each
-  (8 images at 32 px and 16 channels). XLA:CPU's kernel-gradient convolution
+  The same values; what it is for is its transpose, the kernel gradient,
+  which is then a sum over the chunks. XLA:CPU's kernel-gradient convolution
   slows down sharply with the size of its operands, so chunks are up to 3x
-  faster than one convolution over the batch: at [64, 32, 32, 16] 4.0 against
-  11.6 ms, at [32, 32, 32, 32] 6.8 against 18.1 ms (kernel gradient alone,
-  float32, 2-core VM). Elsewhere a single convolution.
+  faster than one convolution over the batch: at [64, 32, 32, 16] 4.0
+  against 11.6 ms, at [32, 32, 32, 32] 6.8 against 18.1 ms (kernel gradient
+  alone, float32, 2-core VM). Elsewhere one convolution.
   """
-  def grad(x, g):
-    # The transpose of the linear map k -> conv(x, k): no forward convolution.
-    transpose = jax.linear_transpose(lambda k: _conv(x, k, padding),
-                                     jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))
-    return transpose(g)[0]
-
-  if jax.default_backend() != "cpu":
-    return grad(x, g)
   size = max(1, _KERNEL_GRAD_CHUNK // math.prod(x.shape[1:]))
-  if size >= x.shape[0]:
-    return grad(x, g)
-  total = sum(grad(x[i:i + size], g[i:i + size]).astype(jnp.float32)
-              for i in range(0, x.shape[0], size))
-  return total.astype(kernel.dtype)
+  if jax.default_backend() != "cpu" or size >= x.shape[0]:
+    return _conv(x, kernel, padding)
+  return jnp.concatenate([_conv(x[i:i + size], kernel, padding)
+                          for i in range(0, x.shape[0], size)])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
   """Stride-1 convolution, x [B, H, W, Cin] * kernel [kh, kw, Cin, Cout] with
-  ``padding`` ((top, bottom), (left, right)), whose kernel gradient is taken
-  over chunks of the batch on CPU (``_kernel_grad``). The same values and
-  gradients as ``jax.lax.conv_general_dilated`` up to float rounding, to any
-  order (the input gradient is again a ``conv2d``, so the gradient penalty's
-  second-order kernel gradients are chunked too)."""
+  ``padding`` ((top, bottom), (left, right)), whose kernel gradient is summed
+  over chunks of the batch on CPU (``_by_chunks``). The same values and
+  derivatives as ``jax.lax.conv_general_dilated``, up to float rounding, in
+  forward and reverse mode and to any order."""
   return _conv(x, kernel, padding)
 
 
-def _conv2d_fwd(x, kernel, padding):
-  return _conv(x, kernel, padding), (x, kernel)
+def _conv2d_jvp(padding, primals, tangents):
+  """d conv(x, k) = conv(dx, k) + conv(x, dk); reverse mode transposes the
+  second term, taken by chunks, into the chunked kernel gradient."""
+  x, kernel = primals
+  dx, dkernel = tangents
+  y = conv2d(x, kernel, padding)
+  terms = []
+  if not isinstance(dx, SymbolicZero):
+    terms.append(conv2d(dx, kernel, padding))
+  if not isinstance(dkernel, SymbolicZero):
+    terms.append(_by_chunks(x, dkernel, padding))
+  return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
 
 
-def _conv2d_bwd(padding, residuals, g):
-  x, kernel = residuals
-  kh, kw = kernel.shape[:2]
-  # The input gradient of a stride-1 convolution: the flipped kernel, in and
-  # out channels swapped, over the output padded by what the input was not.
-  transposed = ((kh - 1 - padding[0][0], kh - 1 - padding[0][1]),
-                (kw - 1 - padding[1][0], kw - 1 - padding[1][1]))
-  dx = conv2d(g, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), transposed)
-  return dx, _kernel_grad(x, g, kernel, padding)
-
-
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+conv2d.defjvp(_conv2d_jvp, symbolic_zeros=True)
 
 
 class Conv(nn.Module):
