@@ -1,5 +1,7 @@
-"""The benchmark's arithmetic: FLOPs counted over every Transformer block, and
-utilisation as the step's FLOP rate over the machine's matmul rate.
+"""The benchmark's arithmetic: FLOPs counted over every Transformer block,
+utilisation as the step's FLOP rate over the machine's matmul rate, the
+instruction profile, the matrix products counted and timed one by one, and
+the pinning to fewer cores.
 
 Run in a subprocess: experiments/benchmark.py defines absl flags that other
 experiment scripts imported by the suite define too.
@@ -13,6 +15,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+
 
 def _probe(code: str) -> dict:
   """Runs ``code`` in a fresh Python and returns the JSON its last line prints."""

@@ -95,6 +95,7 @@ class PointwiseConv(nn.Module):
 
 
 def _conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+  """XLA's stride-1 convolution, NHWC input, HWIO kernel."""
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
