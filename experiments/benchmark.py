@@ -297,13 +297,11 @@ def bench_ops(config, top: int) -> dict:
     holder["state"], metrics = compiled(holder["state"], batch)
     metrics["d_loss"].block_until_ready()
 
-  generator, params, ids, mask = _sample_setup(config)
-  ids, mask = ids.repeat(64, 0), mask.repeat(64, 0)
-  sampler = sample.lower(generator, params, ids, mask, jax.random.key(0),
-                         z_dim=config.model.z_dim, ca_dim=config.model.ca_dim).compile()
+  sampler, args = _sampling_case(config, 64)
+  sampler = jax.jit(sampler).lower(*args).compile()
   out = {"train step": op_times(compiled.as_text(), train_step),
-         "sample, batch 64": op_times(sampler.as_text(), lambda: sampler(
-             params, ids, mask, jax.random.key(0)).block_until_ready())}
+         "sample, batch 64": op_times(sampler.as_text(),
+                                      lambda: sampler(*args).block_until_ready())}
   for profile in out.values():
     profile["top"] = profile["top"][:top]
   return out
@@ -335,10 +333,11 @@ def _live_products(jaxpr: jcore.Jaxpr, live_outputs: list[bool], repeat: int, sc
     used = [v in live for v in eqn.outvars]
     if not any(used) and not eqn.effects:
       continue
+    primitive = eqn.primitive.name
     # A called jaxpr's names are relative to its caller's.
     name_stack = "/".join(n for n in (scope, str(eqn.source_info.name_stack)) if n)
-    if eqn.primitive.name in _PRODUCTS:
-      key = (eqn.primitive.name, tuple((v.aval.shape, str(v.aval.dtype)) for v in eqn.invars),
+    if primitive in _PRODUCTS:
+      key = (primitive, tuple((v.aval.shape, str(v.aval.dtype)) for v in eqn.invars),
              repr(sorted(eqn.params.items())))
       out.setdefault(key, [eqn, 0, name_stack])[1] += repeat
     reads = [True] * len(eqn.invars)
@@ -346,7 +345,6 @@ def _live_products(jaxpr: jcore.Jaxpr, live_outputs: list[bool], repeat: int, sc
             for value in eqn.params.values()
             for sub in (value if isinstance(value, (list, tuple)) else [value])
             if isinstance(sub, (jcore.ClosedJaxpr, jcore.Jaxpr))]
-    primitive = eqn.primitive.name
     for sub in subs:
       if primitive in ("while", "cond"):
         if matrix_products(sub):
@@ -410,21 +408,18 @@ def product_times(jaxpr: jcore.Jaxpr, matmul: float, calls: int = 10) -> dict:
 def bench_products(config, matmul: float, top: int) -> dict:
   """``product_times`` of ``sample`` at batch 64 and of the train step, each
   beside the whole computation's time, measured the same way."""
-  generator, params, ids, mask = _sample_setup(config)
-  ids, mask = ids.repeat(64, 0), mask.repeat(64, 0)
-  sampler = functools.partial(sample, generator, z_dim=config.model.z_dim,
-                              ca_dim=config.model.ca_dim)
-  compiled = jax.jit(sampler).lower(params, ids, mask, jax.random.key(0)).compile()
+  sampler, args = _sampling_case(config, 64)
+  compiled, calls = jax.jit(sampler).lower(*args).compile(), 4
 
-  def sample_calls(calls: int = 4):
+  def sample_calls():
     for _ in range(calls):
-      out = compiled(params, ids, mask, jax.random.key(0))
+      out = compiled(*args)
     out.block_until_ready()
 
   sample_calls()
   out = {"sample, batch 64": dict(
-      product_times(jax.make_jaxpr(sampler)(params, ids, mask, jax.random.key(0)).jaxpr, matmul),
-      whole_ms=1e3 * _median_time(sample_calls, FLAGS.repeats) / 4)}
+      product_times(jax.make_jaxpr(sampler)(*args).jaxpr, matmul),
+      whole_ms=1e3 * _median_time(sample_calls, FLAGS.repeats) / calls)}
   step, state, batch, _ = _train_setup(config, jax.devices()[:1])
   jaxpr = jax.make_jaxpr(step)(state, batch).jaxpr
   seconds, _ = _time_steps(step.lower(state, batch).compile(), state, batch, FLAGS.steps,
@@ -459,6 +454,16 @@ def bench_compile(config, depths: list[int]) -> dict:
     seconds.append(time.perf_counter() - start)
     print(f"  compile at depth {depth}: {seconds[-1]:.1f} s", flush=True)
   return dict(zip(depths, seconds[1:]))
+
+
+def _sampling_case(config, batch: int):
+  """(sampler, args): ``sample`` with ``config``'s generator as a function of
+  (params, ids, mask, key), and those arguments for ``batch`` copies of one
+  caption."""
+  m = config.model
+  generator, params, ids, mask = _sample_setup(config)
+  sampler = functools.partial(sample, generator, z_dim=m.z_dim, ca_dim=m.ca_dim)
+  return sampler, (params, ids.repeat(batch, 0), mask.repeat(batch, 0), jax.random.key(0))
 
 
 def _sample_setup(config, init=jax.jit):
