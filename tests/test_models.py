@@ -173,8 +173,8 @@ def test_conv_is_nn_conv_with_the_same_derivatives(batch):
   tangents = [jax.jvp(lambda p, x, m=m: m.apply(p, x), (params, x), (params, x))[1]
               for m in (conv, reference)]
   close(*tangents)
-  # In bfloat16, the kernel gradient (its chunks summed in float32) stays
-  # near nn.Conv's in bfloat16.
+  # In bfloat16, the kernel gradient summed over its chunks stays near
+  # nn.Conv's in bfloat16.
   halves = Conv(8, dtype=jnp.bfloat16), nn.Conv(8, (3, 3), dtype=jnp.bfloat16)
   assert halves[0].apply(params, x).dtype == jnp.bfloat16
   kernels = [jax.grad(lambda p, m=m: jnp.sum(m.apply(p, x).astype(jnp.float32) ** 2))(
