@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint format install clean
 
 install: $(STAMP)
 
@@ -29,8 +29,16 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collects no test; that is a failure of the suite, not a pass.
 # Much of the suite is single-threaded XLA compilation, so one worker per core.
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q --numprocesses=auto --maxprocesses=4
+
+# The code as pyink formats it, and no ruff finding (pyproject.toml has both configs).
+lint: $(STAMP)
+	$(BIN)/pyink --check --quiet dallex experiments tests
+	$(BIN)/ruff check --quiet dallex experiments tests
+
+format: $(STAMP)
+	$(BIN)/pyink --quiet dallex experiments tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -5,16 +5,14 @@
     images = sampler.generate(["a small red circle on the left"], seed=0)
     dallex.sample(generator, params, ids, mask, key, z_dim=..., ca_dim=...)   # jitted, pure
 
-``sample`` and ``load`` are imported on first use, so ``import dallex.text``
-stays light.
+``sample`` and ``load`` (``dallex.sampling``) are imported on first use, so
+``import dallex.text`` stays light.
 """
 
-_LAZY = {"sample": ("dallex.sampling", "sample"), "load": ("dallex.sampler", "load")}
+import importlib
 
 
 def __getattr__(name):
-  if name in _LAZY:
-    import importlib  # pylint: disable=import-outside-toplevel
-    module, attr = _LAZY[name]
-    return getattr(importlib.import_module(module), attr)
+  if name in ("sample", "load"):
+    return getattr(importlib.import_module("dallex.sampling"), name)
   raise AttributeError(f"module 'dallex' has no attribute {name!r}")

@@ -4,7 +4,9 @@ Saves are asynchronous and atomic: Orbax writes into a temporary directory
 and renames it when complete, so a process killed mid-save leaves nothing
 that is taken for a checkpoint. A finished checkpoint that was damaged later
 (files removed or truncated) fails to restore and is skipped, with a warning,
-in favour of the newest one that restores.
+in favour of the newest one that restores; when none restores, the error
+names each one and why. Training and the readers (``dallex.load``) share
+this one path.
 
     ckpt = Checkpointer(f"{workdir}/checkpoints", keep=3)
     ckpt.save(step, state, data_state, config_dict)
@@ -24,6 +26,7 @@ import orbax.checkpoint as ocp
 class Restored(NamedTuple):
   """step: the checkpoint's step; state: the train state; data: the input
   iterator's state; config: the config the run was started with (a dict)."""
+
   step: int
   state: Any
   data: Any
@@ -33,49 +36,112 @@ class Restored(NamedTuple):
 class Checkpointer:
   """Thin wrapper over ``ocp.CheckpointManager`` with the items of a dallex run."""
 
-  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-    """``keep``: how many of the newest checkpoints to keep; 0 keeps all."""
+  def __init__(
+      self,
+      directory: str,
+      keep: int = 3,
+      async_save: bool = True,
+      read_only: bool = False,
+  ):
+    """``keep``: how many of the newest checkpoints to keep; 0 keeps all.
+    ``read_only``: a reader's view, which never writes or removes anything
+    (not even a leftover temporary directory of a save in progress)."""
     if keep < 0:
-      raise ValueError(f"keep (train.keep_checkpoints) must be >= 0 (0 keeps all), got {keep}")
+      raise ValueError(
+          f"keep (train.keep_checkpoints) must be >= 0 (0 keeps all), got {keep}"
+      )
     self.directory = os.path.abspath(directory)
     # Orbax reads max_to_keep=0 as "keep none" and would delete every checkpoint.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep or None,
-                                           enable_async_checkpointing=async_save,
-                                           cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "data", "config"))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep or None,
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=not read_only,
+        read_only=read_only,
+    )
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "data", "config")
+    )
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data: Any, config: dict) -> None:
     """Starts saving (returns before the write ends; ``wait()`` to block)."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data),
-        config=ocp.args.JsonSave(config)), force=True)
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data),
+            config=ocp.args.JsonSave(config),
+        ),
+        force=True,
+    )
 
   def wait(self) -> None:
     """Blocks until every started save is on disk."""
     self._manager.wait_until_finished()
 
-  def restore(self, step: int, abstract_state: Any) -> Restored:
-    """Restores one step onto the structure (and shardings) of ``abstract_state``."""
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-        config=ocp.args.JsonRestore()))
+  def restore(
+      self, step: int, abstract_state: Any, partial: bool = False
+  ) -> Restored:
+    """Restores one step onto the structure (and shardings) of ``abstract_state``;
+    with ``partial``, a subtree of the saved state (e.g. ``{"ema_params": ...}``).
+    """
+    if partial:
+      state_args = ocp.args.PyTreeRestore(
+          item=abstract_state,
+          partial_restore=True,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(
+              abstract_state
+          ),
+      )
+    else:
+      state_args = ocp.args.StandardRestore(abstract_state)
+    out = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=state_args,
+            data=ocp.args.JsonRestore(),
+            config=ocp.args.JsonRestore(),
+        ),
+    )
     return Restored(step, out["state"], out["data"], out["config"])
 
-  def restore_latest(self, abstract_state: Any) -> Restored | None:
-    """The newest checkpoint that restores, or None if there is none.
+  def restore_latest(
+      self,
+      abstract_state: Any,
+      steps: list[int] | None = None,
+      partial: bool = False,
+  ) -> Restored | None:
+    """The newest checkpoint (of ``steps``, default all) that restores; None
+    if there is none.
 
-    A damaged checkpoint is skipped with a warning naming it.
+    A damaged or incompatible checkpoint is skipped with a warning naming it.
+
+    Raises:
+      ValueError: there are checkpoints and none restores; names each one and why.
     """
-    for step in reversed(self.all_steps()):
+    errors = []
+    for step in sorted(
+        self.all_steps() if steps is None else steps, reverse=True
+    ):
       try:
-        return self.restore(step, abstract_state)
-      except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
-        warnings.warn(f"checkpoint {self.directory}/{step} could not be restored "
-                      f"({type(e).__name__}: {str(e)[:200]}); trying an older one")
+        return self.restore(step, abstract_state, partial)
+      # Orbax and TensorStore raise many types for damaged files.
+      except Exception as e:
+        errors.append(
+            f"{self.directory}/{step}: {type(e).__name__}: {str(e)[:300]}"
+        )
+        warnings.warn(
+            f"checkpoint {self.directory}/{step} could not be restored "
+            f"({type(e).__name__}: {str(e)[:200]}); trying an older one",
+            stacklevel=2,
+        )
+    if errors:
+      raise ValueError(
+          "no checkpoint could be restored (nothing was changed or deleted):\n"
+          + "\n".join(errors)
+      )
     return None
 
   def close(self) -> None:

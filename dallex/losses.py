@@ -5,7 +5,8 @@ Logits are raw discriminator outputs (no sigmoid); batch reductions are means.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,10 +17,14 @@ def l2_normalize(v: jax.Array, eps: float = 1e-6) -> jax.Array:
   return v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + eps)
 
 
-def d_nonsaturating(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+def d_nonsaturating(
+    real_logits: jax.Array, fake_logits: jax.Array
+) -> jax.Array:
   """The article's BCE for D: -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z)))),
   i.e. mean softplus(-real) + mean softplus(fake)."""
-  return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+  return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(
+      jax.nn.softplus(fake_logits)
+  )
 
 
 def g_nonsaturating(fake_logits: jax.Array) -> jax.Array:
@@ -30,7 +35,9 @@ def g_nonsaturating(fake_logits: jax.Array) -> jax.Array:
 
 def d_hinge(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
   """Hinge D loss: mean max(0, 1 - real) + mean max(0, 1 + fake)."""
-  return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
+  return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(
+      jax.nn.relu(1.0 + fake_logits)
+  )
 
 
 def g_hinge(fake_logits: jax.Array) -> jax.Array:
@@ -44,7 +51,9 @@ ADVERSARIAL: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-def r1_penalty(logit_fn: Callable[[jax.Array], jax.Array], images: jax.Array) -> jax.Array:
+def r1_penalty(
+    logit_fn: Callable[[jax.Array], jax.Array], images: jax.Array
+) -> jax.Array:
   """R1 (Mescheder et al. 2018): mean over the batch of ||d D(x) / d x||^2 on real x.
 
   Args:
@@ -55,11 +64,17 @@ def r1_penalty(logit_fn: Callable[[jax.Array], jax.Array], images: jax.Array) ->
     Scalar. The usual loss term is (gamma / 2) * r1_penalty.
   """
   grads = jax.grad(lambda x: jnp.sum(logit_fn(x)))(images)
-  return jnp.mean(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=-1))
+  return jnp.mean(
+      jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=-1)
+  )
 
 
-def matching_aware_gp(logit_fn: Callable[[jax.Array, Any], jax.Array], images: jax.Array,
-                      text: Any, power: float = 6.0) -> jax.Array:
+def matching_aware_gp(
+    logit_fn: Callable[[jax.Array, Any], jax.Array],
+    images: jax.Array,
+    text: Any,
+    power: float = 6.0,
+) -> jax.Array:
   """MA-GP (DF-GAN, Tao et al. 2022): mean over real matching pairs of
   ||(d D(x, e) / d x, d D(x, e) / d e)||_2 ^ p, with p = 6 in the paper.
 
@@ -75,32 +90,38 @@ def matching_aware_gp(logit_fn: Callable[[jax.Array, Any], jax.Array], images: j
   Returns:
     Scalar. The usual loss term is k * matching_aware_gp (k = 2 in DF-GAN).
   """
-  gx, ge = jax.grad(lambda x, e: jnp.sum(logit_fn(x, e)), argnums=(0, 1))(images, text)
-  squared = sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=-1)
-                for g in [gx, *jax.tree.leaves(ge)])
+  gx, ge = jax.grad(lambda x, e: jnp.sum(logit_fn(x, e)), argnums=(0, 1))(
+      images, text
+  )
+  squared = sum(
+      jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=-1)
+      for g in [gx, *jax.tree.leaves(ge)]
+  )
   # Square root with a floor so the gradient of the penalty is finite at 0.
   return jnp.mean(jnp.power(squared + 1e-12, power / 2.0))
 
 
-def feature_matching(real_features: Sequence[jax.Array],
-                     fake_features: Sequence[jax.Array], paired: bool = False) -> jax.Array:
-  """Perceptual loss in the discriminator's feature space, summed over layers.
+def feature_matching(
+    real_features: Sequence[jax.Array], fake_features: Sequence[jax.Array]
+) -> jax.Array:
+  """Perceptual loss in the discriminator's feature space, summed over layers:
+  sum_l mean_c |E_batch f_l(real) - E_batch f_l(fake)| (Salimans et al. 2016),
+  matching feature statistics, not images one by one. Real features are
+  constants (stop_gradient): this loss trains G only.
 
-  Unpaired (Salimans et al. 2016): sum_l mean_c |E_batch f_l(real) - E_batch f_l(fake)|,
-  matching feature statistics. Paired (pix2pixHD): sum_l mean |f_l(real_i) - f_l(fake_i)|,
-  for when fake i was made from real i's caption. Real features are constants
-  (stop_gradient): this loss trains G only.
+  Args:
+    real_features, fake_features: one [B, ...] map per layer (the batch sizes
+      of the two may differ).
   """
   if len(real_features) != len(fake_features):
-    raise ValueError(f"{len(real_features)} real vs {len(fake_features)} fake feature maps")
+    raise ValueError(
+        f"{len(real_features)} real vs {len(fake_features)} fake feature maps"
+    )
   total = jnp.float32(0.0)
   for real, fake in zip(real_features, fake_features):
     real = jax.lax.stop_gradient(real).astype(jnp.float32)
     fake = fake.astype(jnp.float32)
-    if paired:
-      total += jnp.mean(jnp.abs(real - fake))
-    else:
-      total += jnp.mean(jnp.abs(real.mean(axis=0) - fake.mean(axis=0)))
+    total += jnp.mean(jnp.abs(real.mean(axis=0) - fake.mean(axis=0)))
   return total
 
 
@@ -127,8 +148,9 @@ LAYOUT_POOLS = {"mean": block_mean, "max": block_max}
 LAYOUT_DISTANCES = {"l1": jnp.abs, "l2": jnp.square}
 
 
-def layout_loss(layout: jax.Array, real: jax.Array, pool: str = "mean",
-                distance: str = "l1") -> jax.Array:
+def layout_loss(
+    layout: jax.Array, real: jax.Array, pool: str = "mean", distance: str = "l1"
+) -> jax.Array:
   """mean d(layout_i - pool(real_i, G)): G's grid guess [B, G, G, C] against the
   real image [B, R, R, C] of the same caption, pooled to G x G blocks, with
   d = |.| ("l1") or (.)^2 ("l2"); trains G only.
@@ -142,33 +164,35 @@ def layout_loss(layout: jax.Array, real: jax.Array, pool: str = "mean",
   object blocks lead (RESULTS.md section 16).
   """
   if pool not in LAYOUT_POOLS:
-    raise ValueError(f"layout pool must be one of {sorted(LAYOUT_POOLS)}, got {pool!r}")
+    raise ValueError(
+        f"layout pool must be one of {sorted(LAYOUT_POOLS)}, got {pool!r}"
+    )
   if distance not in LAYOUT_DISTANCES:
-    raise ValueError(f"layout distance must be one of {sorted(LAYOUT_DISTANCES)}, "
-                     f"got {distance!r}")
+    raise ValueError(
+        f"layout distance must be one of {sorted(LAYOUT_DISTANCES)}, "
+        f"got {distance!r}"
+    )
   target = jax.lax.stop_gradient(LAYOUT_POOLS[pool](real, layout.shape[1]))
-  return jnp.mean(LAYOUT_DISTANCES[distance](layout.astype(jnp.float32) - target))
+  return jnp.mean(
+      LAYOUT_DISTANCES[distance](layout.astype(jnp.float32) - target)
+  )
 
 
-def info_nce(img_emb: jax.Array, txt_emb: jax.Array, logit_scale: jax.Array | float,
-             negative_txt_emb: jax.Array | None = None) -> jax.Array:
+def info_nce(
+    img_emb: jax.Array, txt_emb: jax.Array, logit_scale: jax.Array | float
+) -> jax.Array:
   """Symmetric InfoNCE (CLIP), the article's "encoder loss": image i must pick
   caption i among the batch's captions and vice versa.
 
-  loss = (CE(s * I [T; N]^T, diag) + CE(s * T I^T, diag)) / 2 with I, T the
-  L2-normalised embeddings [B, E], s the inverse temperature and N [B', E] the
-  optional hard-negative captions (empty when None): every image must also
-  prefer its caption to all of them, which a pooled bag of words cannot do when
-  N holds the same words bound to other objects.
+  loss = (CE(s * I T^T, diag) + CE(s * T I^T, diag)) / 2 with I, T the
+  L2-normalised embeddings [B, E] and s the inverse temperature.
   """
-  img, txt = l2_normalize(img_emb.astype(jnp.float32)), l2_normalize(txt_emb.astype(jnp.float32))
+  img, txt = l2_normalize(img_emb.astype(jnp.float32)), l2_normalize(
+      txt_emb.astype(jnp.float32)
+  )
   logits = logit_scale * img @ txt.T
   labels = jnp.arange(logits.shape[0])
-  row_logits = logits
-  if negative_txt_emb is not None:
-    negatives = logit_scale * img @ l2_normalize(negative_txt_emb.astype(jnp.float32)).T
-    row_logits = jnp.concatenate([logits, negatives], axis=1)
-  image_to_text = -jnp.mean(jax.nn.log_softmax(row_logits, axis=1)[labels, labels])
+  image_to_text = -jnp.mean(jax.nn.log_softmax(logits, axis=1)[labels, labels])
   text_to_image = -jnp.mean(jax.nn.log_softmax(logits, axis=0)[labels, labels])
   return 0.5 * (image_to_text + text_to_image)
 
@@ -176,4 +200,6 @@ def info_nce(img_emb: jax.Array, txt_emb: jax.Array, logit_scale: jax.Array | fl
 def kl_divergence(mu: jax.Array, logvar: jax.Array) -> jax.Array:
   """KL(N(mu, exp(logvar)) || N(0, I)) per sample, averaged over the batch:
   mean_b 0.5 * sum_c (mu^2 + exp(logvar) - 1 - logvar)."""
-  return jnp.mean(0.5 * jnp.sum(jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar, axis=-1))
+  return jnp.mean(
+      0.5 * jnp.sum(jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
+  )

@@ -10,8 +10,13 @@ import jax
 import jax.numpy as jnp
 
 
-def latents(key: jax.Array, indices: jax.Array, z_dim: int, ca_dim: int,
-            truncation: float | jax.Array = 1.0) -> tuple[jax.Array, jax.Array]:
+def latents(
+    key: jax.Array,
+    indices: jax.Array,
+    z_dim: int,
+    ca_dim: int,
+    truncation: float | jax.Array = 1.0,
+) -> tuple[jax.Array, jax.Array]:
   """Noise z [N, z_dim] and conditioning-augmentation noise eps [N, ca_dim].
 
   Args:
@@ -21,8 +26,10 @@ def latents(key: jax.Array, indices: jax.Array, z_dim: int, ca_dim: int,
     truncation: scales both (1 = the training distribution, 0 = the mean image
       of each caption).
   """
+
   def one(i):
     kz, ke = jax.random.split(jax.random.fold_in(key, i))
     return jax.random.normal(kz, (z_dim,)), jax.random.normal(ke, (ca_dim,))
+
   z, eps = jax.vmap(one)(jnp.asarray(indices))
   return z * truncation, eps * truncation

@@ -1,16 +1,15 @@
 """The two players' objectives, each a pure function of its own parameter tree.
 
     discriminator_loss(d_params, g_params, batch, key)
-      = adversarial(real, [generated, mismatched, hard negatives])   real pairs vs fakes
+      = adversarial(real, [generated, mismatched])                real pairs vs fakes
         + gradient penalty (R1 or MA-GP) on real pairs
-        + contrastive_d * InfoNCE(real images, their captions [, hard negatives])
+        + contrastive_d * InfoNCE(real images, their captions)
     generator_loss(g_params, d_params, batch, key)
       = adversarial(generated)
         + feature_matching * FM(D features of real, generated)    "perceptual loss"
         + feature_net_weight * frozen-network distance (optional)
-        + layout * L1/L2(G's grid guess of the layout, real pooled to G^2 blocks) (optional)
-        + contrastive_g * InfoNCE(generated images, their captions [, hard negatives])
-                                                                     "encoder loss"
+        + layout * L1/L2(G's grid guess of the layout, real pooled to G^2 blocks)
+        + contrastive_g * InfoNCE(generated images, their captions)  "encoder loss"
         + kl * KL(conditioning augmentation || N(0, I))
 
 Each loss stops gradients into the other player's tree, so the gradient of
@@ -19,10 +18,7 @@ zero and vice versa: one tree's update can never move the other.
 
 A batch is a dict with ``image`` float [B, R, R, 3] in [-1, 1], ``ids`` int32
 [B, L], ``mask`` bool [B, L]; ``index`` int [B] (optional, default arange)
-holds the examples' global positions, which pick each example's noise;
-``neg_ids``, ``neg_mask`` [B, L] (optional) are hard negative captions, which
-D learns to reject with the real images; with ``loss.contrastive_negatives``
-both InfoNCE terms also rank them below each image's own caption.
+holds the examples' global positions, which pick each example's noise.
 """
 
 from __future__ import annotations
@@ -35,7 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from dallex import losses, noise
-from dallex.perceptual import FeatureNet, perceptual_distance
+from dallex.models import build_models
+from dallex.perceptual import FeatureNet, load_feature_net, perceptual_distance
 
 Metrics = dict[str, jax.Array]
 
@@ -43,35 +40,44 @@ Metrics = dict[str, jax.Array]
 @dataclasses.dataclass(frozen=True)
 class GanObjective:
   """Static description of the game: the two modules and the loss config."""
+
   generator: nn.Module
   discriminator: nn.Module
-  loss: Any                      # the config's `loss` ConfigDict
+  loss: Any  # the config's `loss` ConfigDict
   z_dim: int
   ca_dim: int
-  text_source: str = "own"       # where D's text comes from: "own" | "generator"
   feature_net: FeatureNet | None = None
 
   def __post_init__(self):
     if self.loss.adversarial not in losses.ADVERSARIAL:
-      raise ValueError(f"loss.adversarial must be one of {sorted(losses.ADVERSARIAL)}, "
-                       f"got {self.loss.adversarial!r}")
+      raise ValueError(
+          f"loss.adversarial must be one of {sorted(losses.ADVERSARIAL)}, "
+          f"got {self.loss.adversarial!r}"
+      )
     if self.loss.gradient_penalty not in ("r1", "magp", "none"):
-      raise ValueError("loss.gradient_penalty must be 'r1', 'magp' or 'none', got "
-                       f"{self.loss.gradient_penalty!r}")
+      raise ValueError(
+          "loss.gradient_penalty must be 'r1', 'magp' or 'none', got "
+          f"{self.loss.gradient_penalty!r}"
+      )
     if self.loss.feature_net_weight and self.feature_net is None:
-      raise ValueError("loss.feature_net_weight > 0 needs loss.feature_net_path")
-    if self.loss.get("contrastive_negatives", False) and self.text_source != "own":
-      raise ValueError("loss.contrastive_negatives needs the discriminator's own text "
-                       "encoder (model.discriminator.text_source='own')")
-    if self.loss.get("layout", 0.0) and not getattr(self.generator, "layout_head", False):
-      raise ValueError("loss.layout > 0 needs a generator with a layout head: set "
-                       "model.generator.layout_head=True (dallex architecture)")
-    if self.loss.get("layout_pool", "mean") not in losses.LAYOUT_POOLS:
-      raise ValueError(f"loss.layout_pool must be one of {sorted(losses.LAYOUT_POOLS)}, "
-                       f"got {self.loss.layout_pool!r}")
-    if self.loss.get("layout_distance", "l1") not in losses.LAYOUT_DISTANCES:
-      raise ValueError("loss.layout_distance must be one of "
-                       f"{sorted(losses.LAYOUT_DISTANCES)}, got {self.loss.layout_distance!r}")
+      raise ValueError(
+          "loss.feature_net_weight > 0 needs loss.feature_net_path"
+      )
+    if self.loss.layout and not getattr(self.generator, "layout_head", False):
+      raise ValueError(
+          "loss.layout > 0 needs a generator with a layout head: set "
+          "model.generator.layout_head=True (dallex architecture)"
+      )
+    if self.loss.layout_pool not in losses.LAYOUT_POOLS:
+      raise ValueError(
+          f"loss.layout_pool must be one of {sorted(losses.LAYOUT_POOLS)}, "
+          f"got {self.loss.layout_pool!r}"
+      )
+    if self.loss.layout_distance not in losses.LAYOUT_DISTANCES:
+      raise ValueError(
+          "loss.layout_distance must be one of "
+          f"{sorted(losses.LAYOUT_DISTANCES)}, got {self.loss.layout_distance!r}"
+      )
 
   # -- shared pieces -------------------------------------------------------
 
@@ -79,7 +85,9 @@ class GanObjective:
   def _gather(x, axis_name):
     """The global batch of ``x`` [b, ...] under pmap (every device's rows, in
     device order); ``x`` itself otherwise. Gradients flow back to each owner."""
-    return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+    return (
+        x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+    )
 
   def _mismatched(self, text, axis_name):
     """Each example's caption (a pytree of [b, ...] arrays) swapped for the next
@@ -90,7 +98,9 @@ class GanObjective:
       if axis_name is None:
         return rolled
       b = x.shape[0]
-      return jax.lax.dynamic_slice_in_dim(rolled, jax.lax.axis_index(axis_name) * b, b)
+      return jax.lax.dynamic_slice_in_dim(
+          rolled, jax.lax.axis_index(axis_name) * b, b
+      )
 
     return jax.tree.map(roll, text)
 
@@ -103,25 +113,9 @@ class GanObjective:
   def _d(self, d_params, method, *args):
     return self.discriminator.apply(d_params, *args, method=method)
 
-  def _text(self, d_params, batch, g_text):
-    """D's view of the captions (TextFeatures): its own encoder's, or the
-    generator's (constant)."""
-    if self.text_source == "generator":
-      return jax.tree.map(jax.lax.stop_gradient, g_text)
+  def _text(self, d_params, batch):
+    """D's view of the captions: TextFeatures from its own text encoder."""
     return self._d(d_params, "encode_text", batch["ids"], batch["mask"])
-
-  def _negatives_in_nce(self, batch) -> bool:
-    if not self.loss.get("contrastive_negatives", False):
-      return False
-    if "neg_ids" not in batch:
-      raise ValueError("loss.contrastive_negatives needs hard-negative captions in the batch "
-                       "(neg_ids, neg_mask): set data.hard_negatives=True")
-    return True
-
-  def _negative_emb(self, d_params, batch, h, axis_name):
-    """The hard-negative captions' InfoNCE embeddings (global batch) [B', E]."""
-    text = self._d(d_params, "encode_text", batch["neg_ids"], batch["neg_mask"])
-    return self._gather(self._d(d_params, "heads", h, text).txt_emb, axis_name)
 
   def _logit_scale(self, judgement):
     if self.loss.learn_temperature:
@@ -130,44 +124,52 @@ class GanObjective:
 
   # -- the discriminator ---------------------------------------------------
 
-  def discriminator_loss(self, d_params, g_params, batch, key,
-                         axis_name: str | None = None) -> tuple[jax.Array, Metrics]:
+  def discriminator_loss(
+      self, d_params, g_params, batch, key, axis_name: str | None = None
+  ) -> tuple[jax.Array, Metrics]:
     """Scalar loss for the discriminator tree, and metrics.
 
     Under pmap pass ``axis_name``: the terms that couple examples (mismatched
     captions, InfoNCE) then see the global batch, so the pmean of the
     gradients equals the single-device gradient on the same global batch.
     """
-    g_out = jax.lax.stop_gradient(self._generate(jax.lax.stop_gradient(g_params), batch, key))
+    g_out = jax.lax.stop_gradient(
+        self._generate(jax.lax.stop_gradient(g_params), batch, key)
+    )
     real = batch["image"]
-    text = self._text(d_params, batch, g_out.text)
+    text = self._text(d_params, batch)
     b = real.shape[0]
     # One pass over real and generated images together.
-    h, _ = self._d(d_params, "features", jnp.concatenate([real, g_out.images.astype(real.dtype)]))
-    h_real, h_fake = jax.tree.map(lambda x: x[:b], h), jax.tree.map(lambda x: x[b:], h)
+    h, _ = self._d(
+        d_params,
+        "features",
+        jnp.concatenate([real, g_out.images.astype(real.dtype)]),
+    )
+    h_real, h_fake = h[:b], h[b:]
     j_real = self._d(d_params, "heads", h_real, text)
     j_fake = self._d(d_params, "heads", h_fake, text)
     fake_logits = j_fake.logit
     if self.loss.mismatch:
       # Real image, wrong caption (the next one in the batch): must score as fake.
-      j_mis = self._d(d_params, "heads", h_real, self._mismatched(text, axis_name))
+      j_mis = self._d(
+          d_params, "heads", h_real, self._mismatched(text, axis_name)
+      )
       fake_logits = jnp.concatenate([fake_logits, j_mis.logit])
-    negative_metrics = {}
-    if "neg_ids" in batch:
-      neg_text = self._d(d_params, "encode_text", batch["neg_ids"], batch["neg_mask"])
-      j_neg = self._d(d_params, "heads", h_real, neg_text)
-      fake_logits = jnp.concatenate([fake_logits, j_neg.logit])
-      negative_metrics["d_negative_logit"] = jnp.mean(j_neg.logit)
     d_fn, _ = losses.ADVERSARIAL[self.loss.adversarial]
     adversarial = d_fn(j_real.logit, fake_logits)
     total = adversarial
-    metrics = {"d_adversarial": adversarial, **negative_metrics,
-               "d_real_logit": jnp.mean(j_real.logit), "d_fake_logit": jnp.mean(j_fake.logit)}
+    metrics = {
+        "d_adversarial": adversarial,
+        "d_real_logit": jnp.mean(j_real.logit),
+        "d_fake_logit": jnp.mean(j_fake.logit),
+    }
 
     def logit_fn(x, e):
       """Logits of images x with the captions' float features e = (tokens, sentence)."""
       pair_text = text._replace(tokens=e[0], sentence=e[1])
-      return self._d(d_params, "heads", self._d(d_params, "features", x)[0], pair_text).logit
+      return self._d(
+          d_params, "heads", self._d(d_params, "features", x)[0], pair_text
+      ).logit
 
     text_floats = (text.tokens, text.sentence)
     if self.loss.gradient_penalty == "r1":
@@ -175,14 +177,17 @@ class GanObjective:
       total += 0.5 * self.loss.r1_gamma * r1
       metrics["d_r1"] = r1
     elif self.loss.gradient_penalty == "magp":
-      magp = losses.matching_aware_gp(logit_fn, real, text_floats, self.loss.magp_power)
+      magp = losses.matching_aware_gp(
+          logit_fn, real, text_floats, self.loss.magp_power
+      )
       total += self.loss.magp_weight * magp
       metrics["d_magp"] = magp
     if self.loss.contrastive_d:
-      nce = losses.info_nce(self._gather(j_real.img_emb, axis_name),
-                            self._gather(j_real.txt_emb, axis_name), self._logit_scale(j_real),
-                            self._gather(j_neg.txt_emb, axis_name)
-                            if self._negatives_in_nce(batch) else None)
+      nce = losses.info_nce(
+          self._gather(j_real.img_emb, axis_name),
+          self._gather(j_real.txt_emb, axis_name),
+          self._logit_scale(j_real),
+      )
       total += self.loss.contrastive_d * nce
       metrics["d_contrastive"] = nce
     metrics["d_loss"] = total
@@ -190,13 +195,14 @@ class GanObjective:
 
   # -- the generator -------------------------------------------------------
 
-  def generator_loss(self, g_params, d_params, batch, key,
-                     axis_name: str | None = None) -> tuple[jax.Array, Metrics]:
+  def generator_loss(
+      self, g_params, d_params, batch, key, axis_name: str | None = None
+  ) -> tuple[jax.Array, Metrics]:
     """Scalar loss for the generator tree, and metrics (``axis_name``: as for D)."""
     d_params = jax.lax.stop_gradient(d_params)
     g_out = self._generate(g_params, batch, key)
     fake = g_out.images
-    text = self._text(d_params, batch, g_out.text)
+    text = self._text(d_params, batch)
     h_fake, f_fake = self._d(d_params, "features", fake)
     j_fake = self._d(d_params, "heads", h_fake, text)
     _, g_fn = losses.ADVERSARIAL[self.loss.adversarial]
@@ -205,29 +211,36 @@ class GanObjective:
     metrics = {"g_adversarial": adversarial}
     if self.loss.feature_matching:
       _, f_real = self._d(d_params, "features", batch["image"])
-      paired = self.loss.feature_matching_paired
-      if not paired and axis_name is not None:
-        # Unpaired matching compares batch statistics: take them over the global batch.
-        f_real = [self._gather(f.mean(0, keepdims=True), axis_name) for f in f_real]
-        f_fake = [self._gather(f.mean(0, keepdims=True), axis_name) for f in f_fake]
-      fm = losses.feature_matching(f_real, f_fake, paired)
+      if axis_name is not None:
+        # Feature matching compares batch statistics: take them over the global batch.
+        f_real = [
+            self._gather(f.mean(0, keepdims=True), axis_name) for f in f_real
+        ]
+        f_fake = [
+            self._gather(f.mean(0, keepdims=True), axis_name) for f in f_fake
+        ]
+      fm = losses.feature_matching(f_real, f_fake)
       total += self.loss.feature_matching * fm
       metrics["g_feature_matching"] = fm
     if self.loss.feature_net_weight:
       pd = perceptual_distance(self.feature_net, fake, batch["image"])
       total += self.loss.feature_net_weight * pd
       metrics["g_feature_net"] = pd
-    if self.loss.get("layout", 0.0):
-      layout = losses.layout_loss(g_out.layout, batch["image"],
-                                  self.loss.get("layout_pool", "mean"),
-                                  self.loss.get("layout_distance", "l1"))
+    if self.loss.layout:
+      layout = losses.layout_loss(
+          g_out.layout,
+          batch["image"],
+          self.loss.layout_pool,
+          self.loss.layout_distance,
+      )
       total += self.loss.layout * layout
       metrics["g_layout"] = layout
     if self.loss.contrastive_g:
-      nce = losses.info_nce(self._gather(j_fake.img_emb, axis_name),
-                            self._gather(j_fake.txt_emb, axis_name), j_fake.logit_scale,
-                            self._negative_emb(d_params, batch, h_fake, axis_name)
-                            if self._negatives_in_nce(batch) else None)
+      nce = losses.info_nce(
+          self._gather(j_fake.img_emb, axis_name),
+          self._gather(j_fake.txt_emb, axis_name),
+          j_fake.logit_scale,
+      )
       total += self.loss.contrastive_g * nce
       metrics["g_contrastive"] = nce
     if self.loss.kl:
@@ -241,33 +254,28 @@ class GanObjective:
 def build_objective(config) -> GanObjective:
   """The objective a full config describes (models from ``config.model``,
   losses from ``config.loss``)."""
-  from dallex.models import build_models  # pylint: disable=import-outside-toplevel
-  from dallex.perceptual import load_feature_net  # pylint: disable=import-outside-toplevel
   generator, discriminator = build_models(config.model, config.data.resolution)
-  if config.model.arch == "seed":
-    if config.loss.contrastive_d or config.loss.contrastive_g:
-      raise ValueError("the seed architecture's discriminator has no embedding heads: set "
-                       "loss.contrastive_d=0 and loss.contrastive_g=0")
-    if config.data.get("hard_negatives", False):
-      raise ValueError("the seed architecture's discriminator reads no text: set "
-                       "data.hard_negatives=False")
-    text_source = "own"  # its encode_text gives an empty sentence: it reads no text
-  else:
-    text_source = config.model.discriminator.text_source
-  if config.loss.get("contrastive_negatives", False) and not config.data.get(
-      "hard_negatives", False):
-    raise ValueError("loss.contrastive_negatives ranks the batch's hard-negative captions: "
-                     "set data.hard_negatives=True")
-  if config.data.get("hard_negatives", False) and text_source != "own":
-    raise ValueError("data.hard_negatives needs the discriminator's own text encoder "
-                     "(model.discriminator.text_source='own')")
+  if config.model.arch == "seed" and (
+      config.loss.contrastive_d or config.loss.contrastive_g
+  ):
+    raise ValueError(
+        "the seed architecture's discriminator has no embedding heads: set "
+        "loss.contrastive_d=0 and loss.contrastive_g=0"
+    )
   path = config.loss.feature_net_path
-  return GanObjective(generator, discriminator, config.loss, config.model.z_dim,
-                      config.model.ca_dim, text_source,
-                      load_feature_net(path) if path else None)
+  return GanObjective(
+      generator,
+      discriminator,
+      config.loss,
+      config.model.z_dim,
+      config.model.ca_dim,
+      load_feature_net(path) if path else None,
+  )
 
 
-def init_params(objective: GanObjective, key: jax.Array, batch: dict) -> tuple[Any, Any]:
+def init_params(
+    objective: GanObjective, key: jax.Array, batch: dict
+) -> tuple[Any, Any]:
   """Fresh (generator, discriminator) parameter trees for batches shaped like ``batch``.
 
   Initialisation draws with the non-partitionable Threefry: the same quality of
@@ -279,14 +287,15 @@ def init_params(objective: GanObjective, key: jax.Array, batch: dict) -> tuple[A
     return _init_params(objective, key, batch)
 
 
-def _init_params(objective: GanObjective, key: jax.Array, batch: dict) -> tuple[Any, Any]:
+def _init_params(
+    objective: GanObjective, key: jax.Array, batch: dict
+) -> tuple[Any, Any]:
   kg, kd, kn = jax.random.split(key, 3)
   b = batch["ids"].shape[0]
   z, eps = noise.latents(kn, jnp.arange(b), objective.z_dim, objective.ca_dim)
   g_params = objective.generator.init(kg, batch["ids"], batch["mask"], z, eps)
   images = jnp.zeros(batch["image"].shape, jnp.float32)
-  text = None
-  if objective.text_source == "generator":
-    text = objective.generator.apply(g_params, batch["ids"], batch["mask"], z, eps).text
-  d_params = objective.discriminator.init(kd, images, batch["ids"], batch["mask"], text)
+  d_params = objective.discriminator.init(
+      kd, images, batch["ids"], batch["mask"]
+  )
   return g_params, d_params

@@ -28,6 +28,7 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class FeatureNet:
   """kernels/biases: per conv layer; pool_after: layer indices; mean/std: [3]."""
+
   kernels: tuple[np.ndarray, ...]
   biases: tuple[np.ndarray, ...]
   pool_after: frozenset[int]
@@ -48,24 +49,38 @@ def load_feature_net(path: str) -> FeatureNet:
     with np.load(path) as data:
       arrays = {k: data[k] for k in data.files}
   except Exception as e:  # np.load raises several types for non-npz input.
-    raise ValueError(f"feature network file {path!r} is not a readable .npz: {e}") from e
+    raise ValueError(
+        f"feature network file {path!r} is not a readable .npz: {e}"
+    ) from e
   kernels, biases, channels = [], [], 3
   while f"conv{len(kernels)}/kernel" in arrays:
     i = len(kernels)
     kernel, bias = arrays[f"conv{i}/kernel"], arrays.get(f"conv{i}/bias")
-    if kernel.ndim != 4 or kernel.shape[:2] != (3, 3) or kernel.shape[2] != channels:
-      raise ValueError(f"{path}: conv{i}/kernel has shape {kernel.shape}, expected "
-                       f"(3, 3, {channels}, C_out)")
+    if (
+        kernel.ndim != 4
+        or kernel.shape[:2] != (3, 3)
+        or kernel.shape[2] != channels
+    ):
+      raise ValueError(
+          f"{path}: conv{i}/kernel has shape {kernel.shape}, expected "
+          f"(3, 3, {channels}, C_out)"
+      )
     if bias is None or bias.shape != (kernel.shape[3],):
-      raise ValueError(f"{path}: conv{i}/bias missing or not of shape ({kernel.shape[3]},)")
+      raise ValueError(
+          f"{path}: conv{i}/bias missing or not of shape ({kernel.shape[3]},)"
+      )
     kernels.append(kernel.astype(np.float32))
     biases.append(bias.astype(np.float32))
     channels = kernel.shape[3]
   if not kernels:
-    raise ValueError(f"{path}: no conv0/kernel array; see dallex.perceptual for the format")
+    raise ValueError(
+        f"{path}: no conv0/kernel array; see dallex.perceptual for the format"
+    )
   mean = arrays.get("mean", np.zeros(3, np.float32)).astype(np.float32)
   std = arrays.get("std", np.ones(3, np.float32)).astype(np.float32)
-  pool_after = frozenset(int(i) for i in arrays.get("pool_after", np.zeros(0, np.int64)))
+  pool_after = frozenset(
+      int(i) for i in arrays.get("pool_after", np.zeros(0, np.int64))
+  )
   return FeatureNet(tuple(kernels), tuple(biases), pool_after, mean, std)
 
 
@@ -74,8 +89,13 @@ def feature_net_features(net: FeatureNet, images: jax.Array) -> list[jax.Array]:
   x = ((images.astype(jnp.float32) + 1.0) / 2.0 - net.mean) / net.std
   feats = []
   for i, (kernel, bias) in enumerate(zip(net.kernels, net.biases)):
-    x = jax.lax.conv_general_dilated(x, jnp.asarray(kernel), (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x = jax.lax.conv_general_dilated(
+        x,
+        jnp.asarray(kernel),
+        (1, 1),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     x = jax.nn.relu(x + bias)
     feats.append(x)
     if i in net.pool_after:
@@ -84,12 +104,17 @@ def feature_net_features(net: FeatureNet, images: jax.Array) -> list[jax.Array]:
   return feats
 
 
-def perceptual_distance(net: FeatureNet, images: jax.Array, targets: jax.Array) -> jax.Array:
+def perceptual_distance(
+    net: FeatureNet, images: jax.Array, targets: jax.Array
+) -> jax.Array:
   """sum_l mean (n(f_l(x)) - n(f_l(y)))^2 with n the per-position unit-normalisation
-  over channels (as in LPIPS, without its learned weights). Targets are constants."""
+  over channels (as in LPIPS, without its learned weights). Targets are constants.
+  """
   targets = jax.lax.stop_gradient(targets)
   unit = lambda f: f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + 1e-6)
   total = jnp.float32(0.0)
-  for fx, fy in zip(feature_net_features(net, images), feature_net_features(net, targets)):
+  for fx, fy in zip(
+      feature_net_features(net, images), feature_net_features(net, targets)
+  ):
     total += jnp.mean(jnp.square(unit(fx) - unit(fy)))
   return total

@@ -7,7 +7,7 @@ A caption becomes ``[BOS, bytes..., EOS, PAD...]``; the mask is True from BOS to
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,11 +26,13 @@ def _check_texts(texts: Sequence[str]) -> None:
   if isinstance(texts, (str, bytes)):
     raise TypeError(
         f"texts must be a list of str, got a single {type(texts).__name__}: "
-        f"{texts[:40]!r}; wrap it in a list")
+        f"{texts[:40]!r}; wrap it in a list"
+    )
   for i, text in enumerate(texts):
     if not isinstance(text, str):
       raise TypeError(
-          f"texts[{i}] must be str, got {type(text).__name__}: {text!r:.60}")
+          f"texts[{i}] must be str, got {type(text).__name__}: {text!r:.60}"
+      )
 
 
 def _truncate_utf8(data: bytes, limit: int) -> bytes:
@@ -60,7 +62,8 @@ class ByteTokenizer:
   def __init__(self, max_length: int):
     if not isinstance(max_length, int) or max_length < 3:
       raise ValueError(
-          f"max_length must be an int >= 3 (BOS, one byte, EOS), got {max_length!r}")
+          f"max_length must be an int >= 3 (BOS, one byte, EOS), got {max_length!r}"
+      )
     self.max_length = max_length
     self.num_truncated = 0
 
@@ -90,18 +93,25 @@ class ByteTokenizer:
         data = _truncate_utf8(data, limit)
       n = len(data)
       ids[row, 0] = BOS_ID
-      ids[row, 1:n + 1] = np.frombuffer(data, np.uint8).astype(np.int32) + BYTE_OFFSET
+      ids[row, 1 : n + 1] = (
+          np.frombuffer(data, np.uint8).astype(np.int32) + BYTE_OFFSET
+      )
       ids[row, n + 1] = EOS_ID
       lengths[row] = n + 2
     if cut:
-      before, self.num_truncated = self.num_truncated, self.num_truncated + len(cut)
+      before, self.num_truncated = self.num_truncated, self.num_truncated + len(
+          cut
+      )
       # Warn on the 1st, 10th, 100th, ... truncation: never silent, never a flood
       # (the input pipeline encodes one caption at a time).
       if len(str(self.num_truncated)) > len(str(before)) or before == 0:
         warnings.warn(
             f"{self.num_truncated} captions truncated to {limit} bytes so far by this "
             f"tokenizer (latest: {texts[cut[0]][:60]!r}...); raise max_length to keep "
-            "them whole", TruncationWarning, stacklevel=2)
+            "them whole",
+            TruncationWarning,
+            stacklevel=2,
+        )
     mask = np.arange(self.max_length)[None, :] < lengths[:, None]
     return ids, mask
 
@@ -119,9 +129,11 @@ class ByteTokenizer:
     out = []
     for row in ids:
       end = np.flatnonzero(row == EOS_ID)
-      row = row[:end[0]] if end.size else row
+      row = row[: end[0]] if end.size else row
       row = row[row >= BYTE_OFFSET]
       if np.any(row >= VOCAB_SIZE):
         raise ValueError(f"ids must be < {VOCAB_SIZE}, got {row.max()}")
-      out.append(bytes((row - BYTE_OFFSET).astype(np.uint8)).decode("utf-8", "replace"))
+      out.append(
+          bytes((row - BYTE_OFFSET).astype(np.uint8)).decode("utf-8", "replace")
+      )
     return out

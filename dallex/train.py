@@ -15,7 +15,8 @@ run of such steps (reset by a good one) and ``nonfinite_total`` all of them.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import flax
 import jax
@@ -33,13 +34,14 @@ Metrics = dict[str, jax.Array]
 @flax.struct.dataclass
 class TrainState:
   """Everything a step reads and writes: a pytree of arrays."""
+
   step: jax.Array
   g_params: Any
   d_params: Any
   g_opt_state: Any
   d_opt_state: Any
   ema_params: Any
-  nonfinite: jax.Array        # consecutive non-finite steps
+  nonfinite: jax.Array  # consecutive non-finite steps
   nonfinite_total: jax.Array  # all non-finite steps
 
 
@@ -51,12 +53,21 @@ def make_optimizer(opt) -> optax.GradientTransformation:
       ``clip_norm`` (0 = off).
   """
   # Warmup from lr / warmup_steps (not 0, which would make the first update empty).
-  schedule = optax.linear_schedule(opt.lr / opt.warmup_steps, opt.lr, opt.warmup_steps - 1) \
-      if opt.warmup_steps > 1 else optax.constant_schedule(opt.lr)
+  schedule = (
+      optax.linear_schedule(
+          opt.lr / opt.warmup_steps, opt.lr, opt.warmup_steps - 1
+      )
+      if opt.warmup_steps > 1
+      else optax.constant_schedule(opt.lr)
+  )
   parts = [optax.clip_by_global_norm(opt.clip_norm)] if opt.clip_norm else []
   # flatten: one fused update over a single vector instead of one per leaf,
   # which halves the train step's compile time on CPU (same arithmetic).
-  return optax.flatten(optax.chain(*parts, optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps)))
+  return optax.flatten(
+      optax.chain(
+          *parts, optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+      )
+  )
 
 
 def ema_decay(step: jax.Array, decay: float) -> jax.Array:
@@ -66,25 +77,42 @@ def ema_decay(step: jax.Array, decay: float) -> jax.Array:
   return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
-def create_train_state(objective: GanObjective, g_tx, d_tx, key: jax.Array,
-                       batch: Batch) -> TrainState:
+def create_train_state(
+    objective: GanObjective, g_tx, d_tx, key: jax.Array, batch: Batch
+) -> TrainState:
   """A fresh state for batches shaped like ``batch``."""
   g_params, d_params = init_params(objective, key, batch)
-  return TrainState(step=jnp.zeros((), jnp.int32), g_params=g_params, d_params=d_params,
-                    g_opt_state=g_tx.init(g_params), d_opt_state=d_tx.init(d_params),
-                    ema_params=g_params, nonfinite=jnp.zeros((), jnp.int32),
-                    nonfinite_total=jnp.zeros((), jnp.int32))
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      g_params=g_params,
+      d_params=d_params,
+      g_opt_state=g_tx.init(g_params),
+      d_opt_state=d_tx.init(d_params),
+      ema_params=g_params,
+      nonfinite=jnp.zeros((), jnp.int32),
+      nonfinite_total=jnp.zeros((), jnp.int32),
+  )
 
 
 def _all_finite(metrics: Metrics) -> jax.Array:
   """Whether every metric is finite. The metrics hold the gradients' global
-  norm, which stands for every gradient (a NaN or inf anywhere makes it non-finite)."""
+  norm, which stands for every gradient (a NaN or inf anywhere makes it non-finite).
+  """
   return jnp.all(jnp.isfinite(jnp.stack(jax.tree.leaves(metrics))))
 
 
-def train_step(state: TrainState, batch: Batch, *, objective: GanObjective, g_tx, d_tx,
-               seed: int, d_steps: int = 1, ema: float = 0.999,
-               axis_name: str | None = None) -> tuple[TrainState, Metrics]:
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    objective: GanObjective,
+    g_tx,
+    d_tx,
+    seed: int,
+    d_steps: int = 1,
+    ema: float = 0.999,
+    axis_name: str | None = None,
+) -> tuple[TrainState, Metrics]:
   """One step of the game: ``d_steps`` discriminator updates, one generator update, EMA.
 
   Args:
@@ -104,13 +132,22 @@ def train_step(state: TrainState, batch: Batch, *, objective: GanObjective, g_tx
   offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * b
   batch = dict(batch, index=offset + jnp.arange(b))
   key = jax.random.fold_in(jax.random.key(seed), state.step)
-  reduce = (lambda t: t) if axis_name is None else (lambda t: jax.lax.pmean(t, axis_name))
+  reduce = (
+      (lambda t: t)
+      if axis_name is None
+      else (lambda t: jax.lax.pmean(t, axis_name))
+  )
 
-  d_params, d_opt_state, finite = state.d_params, state.d_opt_state, jnp.array(True)
+  d_params, d_opt_state, finite = (
+      state.d_params,
+      state.d_opt_state,
+      jnp.array(True),
+  )
   metrics: Metrics = {}
   for i in range(d_steps):
-    (_, d_metrics), d_grads = jax.value_and_grad(objective.discriminator_loss, has_aux=True)(
-        d_params, state.g_params, batch, jax.random.fold_in(key, i), axis_name)
+    (_, d_metrics), d_grads = jax.value_and_grad(
+        objective.discriminator_loss, has_aux=True
+    )(d_params, state.g_params, batch, jax.random.fold_in(key, i), axis_name)
     d_grads, d_metrics = reduce(d_grads), reduce(d_metrics)
     d_metrics["d_grad_norm"] = optax.tree.norm(d_grads)
     finite &= _all_finite(d_metrics)
@@ -118,8 +155,15 @@ def train_step(state: TrainState, batch: Batch, *, objective: GanObjective, g_tx
     d_params = optax.apply_updates(d_params, updates)
     metrics.update(d_metrics)
 
-  (_, g_metrics), g_grads = jax.value_and_grad(objective.generator_loss, has_aux=True)(
-      state.g_params, d_params, batch, jax.random.fold_in(key, d_steps), axis_name)
+  (_, g_metrics), g_grads = jax.value_and_grad(
+      objective.generator_loss, has_aux=True
+  )(
+      state.g_params,
+      d_params,
+      batch,
+      jax.random.fold_in(key, d_steps),
+      axis_name,
+  )
   g_grads, g_metrics = reduce(g_grads), reduce(g_metrics)
   g_metrics["g_grad_norm"] = optax.tree.norm(g_grads)
   finite &= _all_finite(g_metrics)
@@ -128,15 +172,23 @@ def train_step(state: TrainState, batch: Batch, *, objective: GanObjective, g_tx
   metrics.update(g_metrics)
 
   decay = ema_decay(state.step, ema)
-  ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params,
-                            g_params)
-  proposed = state.replace(g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
-                           d_opt_state=d_opt_state, ema_params=ema_params)
+  ema_params = jax.tree.map(
+      lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, g_params
+  )
+  proposed = state.replace(
+      g_params=g_params,
+      d_params=d_params,
+      g_opt_state=g_opt_state,
+      d_opt_state=d_opt_state,
+      ema_params=ema_params,
+  )
   # A non-finite step changes nothing but the step and the counters.
   kept = jax.lax.cond(finite, lambda: proposed, lambda: state)
-  new_state = kept.replace(step=state.step + 1,
-                           nonfinite=jnp.where(finite, 0, state.nonfinite + 1),
-                           nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+  new_state = kept.replace(
+      step=state.step + 1,
+      nonfinite=jnp.where(finite, 0, state.nonfinite + 1),
+      nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
+  )
   metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
   metrics["finite"] = finite.astype(jnp.float32)
   return new_state, metrics
@@ -144,11 +196,14 @@ def train_step(state: TrainState, batch: Batch, *, objective: GanObjective, g_tx
 
 # -- compiled forms ---------------------------------------------------------
 
+
 def check_batch_size(batch_size: int, num_devices: int) -> None:
   """A global batch must split evenly over the devices: a clear error before compiling."""
   if batch_size % num_devices:
-    raise ValueError(f"train.batch_size={batch_size} is not divisible by the {num_devices} "
-                     f"devices; use a multiple of {num_devices}")
+    raise ValueError(
+        f"train.batch_size={batch_size} is not divisible by the {num_devices} "
+        f"devices; use a multiple of {num_devices}"
+    )
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -159,19 +214,27 @@ def data_mesh(devices=None) -> Mesh:
 
 def jit_sharded_step(step_fn: Callable, mesh: Mesh) -> Callable:
   """``step_fn`` compiled with the batch sharded over ``data``, the state
-  replicated and its buffers donated. Works on one device, many, and many hosts."""
+  replicated and its buffers donated. Works on one device, many, and many hosts.
+  """
   replicated = NamedSharding(mesh, P())
   sharded = NamedSharding(mesh, P("data"))
-  return jax.jit(step_fn, in_shardings=(replicated, sharded),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  return jax.jit(
+      step_fn,
+      in_shardings=(replicated, sharded),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+  )
 
 
 def pmap_step(step_fn: Callable, axis_name: str = "batch") -> Callable:
   """``step_fn`` under ``jax.pmap``: the state replicated with a leading device
   axis, the batch split as [devices, B / devices, ...], gradients and metrics
   ``pmean``-ed. ``step_fn`` must accept ``axis_name``."""
-  return jax.pmap(functools.partial(step_fn, axis_name=axis_name), axis_name=axis_name,
-                  donate_argnums=0)
+  return jax.pmap(
+      functools.partial(step_fn, axis_name=axis_name),
+      axis_name=axis_name,
+      donate_argnums=0,
+  )
 
 
 def shard_for_pmap(batch: Batch, num_devices: int) -> Batch:
@@ -181,4 +244,7 @@ def shard_for_pmap(batch: Batch, num_devices: int) -> Batch:
 
 def replicate_for_pmap(tree: Any, num_devices: int) -> Any:
   """Copies every leaf onto a new leading device axis, for pmap's inputs."""
-  return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (num_devices, *np.shape(x))), tree)
+  return jax.tree.map(
+      lambda x: np.broadcast_to(np.asarray(x), (num_devices, *np.shape(x))),
+      tree,
+  )

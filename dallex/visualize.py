@@ -13,7 +13,9 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   images = np.asarray(images)
   if images.dtype == np.uint8:
     return images
-  return np.clip(np.round((images.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  return np.clip(
+      np.round((images.astype(np.float32) + 1.0) * 127.5), 0, 255
+  ).astype(np.uint8)
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
@@ -27,21 +29,27 @@ def make_grid(images: np.ndarray, columns: int, padding: int = 2) -> np.ndarray:
   n, h, w, c = images.shape
   columns = max(1, min(columns, n))
   rows = -(-n // columns)
-  grid = np.full((rows * (h + padding) + padding, columns * (w + padding) + padding, c), 96,
-                 np.uint8)
+  grid = np.full(
+      (rows * (h + padding) + padding, columns * (w + padding) + padding, c),
+      96,
+      np.uint8,
+  )
   for i, image in enumerate(images):
     r, col = divmod(i, columns)
     top, left = padding + r * (h + padding), padding + col * (w + padding)
-    grid[top:top + h, left:left + w] = image
+    grid[top : top + h, left : left + w] = image
   return grid
+
+
+def enlarge(image: np.ndarray, scale: int) -> np.ndarray:
+  """[H, W, C] -> [scale * H, scale * W, C], each pixel a scale x scale block."""
+  if scale < 1:
+    raise ValueError(f"scale must be >= 1, got {scale}")
+  return np.repeat(np.repeat(np.asarray(image), scale, axis=0), scale, axis=1)
 
 
 def save_png(image: np.ndarray, path: str, scale: int = 1) -> str:
   """Writes uint8 [H, W, 3] as PNG, enlarged ``scale`` times (nearest), creating folders."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  picture = Image.fromarray(to_uint8(image))
-  if scale > 1:
-    picture = picture.resize((picture.width * scale, picture.height * scale),
-                             Image.Resampling.NEAREST)
-  picture.save(path)
+  Image.fromarray(enlarge(to_uint8(image), scale)).save(path)
   return path

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -50,22 +50,44 @@ from dallex.objective import build_objective, init_params
 from dallex.sampling import sample
 from dallex.text import ByteTokenizer
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "shapes32.py")
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.",
-                                lock_config=True)
+_DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "configs", "shapes32.py"
+)
+config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Experiment config file.", lock_config=True
+)
 flags.DEFINE_string("out", None, "Write the results here as JSON.")
-flags.DEFINE_string("only", "train,profile,ops,products,compile,sample,input,devices",
-                    "Sections to run.")
+flags.DEFINE_string(
+    "only",
+    "train,profile,ops,products,compile,sample,input,devices",
+    "Sections to run.",
+)
 flags.DEFINE_integer("steps", 10, "Timed train steps per repeat.")
 flags.DEFINE_integer("repeats", 5, "Repeats; the median is reported.")
-flags.DEFINE_integer("top_ops", 12, "Rows listed per profile in the ops and products sections.")
-flags.DEFINE_string("depths", "2,4,8,16", "Transformer depths for the compile-time section.")
-flags.DEFINE_string("sample_batches", "1,64", "Batch sizes for the sampling section.")
-flags.DEFINE_string("devices", "1,2,4,8", "Device counts for the scaling section.")
-flags.DEFINE_integer("cores", None, "Run on this many of the machine's CPU cores only (Linux): "
-                     "utilisation on one core against all shows how well the kernels use "
-                     "several.")
-flags.DEFINE_bool("devices_worker", False, "Internal: run the scaling section in this process.")
+flags.DEFINE_integer(
+    "top_ops", 12, "Rows listed per profile in the ops and products sections."
+)
+flags.DEFINE_string(
+    "depths", "2,4,8,16", "Transformer depths for the compile-time section."
+)
+flags.DEFINE_string(
+    "sample_batches", "1,64", "Batch sizes for the sampling section."
+)
+flags.DEFINE_string(
+    "devices", "1,2,4,8", "Device counts for the scaling section."
+)
+flags.DEFINE_integer(
+    "cores",
+    None,
+    "Run on this many of the machine's CPU cores only (Linux): "
+    "utilisation on one core against all shows how well the kernels use "
+    "several.",
+)
+flags.DEFINE_bool(
+    "devices_worker",
+    False,
+    "Internal: run the scaling section in this process.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -105,14 +127,20 @@ def _unrolled(config):
   return config
 
 
-def matmul_flops_per_s(dtype, sizes: tuple[int, ...] | None = None, repeats: int = 10) -> float:
+def matmul_flops_per_s(
+    dtype, sizes: tuple[int, ...] | None = None, repeats: int = 10
+) -> float:
   """The machine's practical limit: the best dense [n, n] @ [n, n] throughput in
   ``dtype`` over a few sizes (small ones underuse the cores, large ones the caches;
   an accelerator needs larger ones to fill its matrix units) and repeats (a shared
   VM's neighbours only ever slow a run down, so the fastest repeat is the best
   estimate of what the machine can do)."""
   if sizes is None:
-    sizes = (512, 1024, 2048) if jax.default_backend() == "cpu" else (2048, 4096, 8192)
+    sizes = (
+        (512, 1024, 2048)
+        if jax.default_backend() == "cpu"
+        else (2048, 4096, 8192)
+    )
   best = 0.0
   f = jax.jit(lambda a, b: a @ b)
   for n in sizes:
@@ -128,23 +156,50 @@ def _train_setup(config, devices=None):
   """(compiled step, state, device batch, batch size) as the training loop builds them."""
   t = config.train
   objective = build_objective(config)
-  g_tx, d_tx = train.make_optimizer(config.optim.g), train.make_optimizer(config.optim.d)
+  g_tx, d_tx = train.make_optimizer(config.optim.g), train.make_optimizer(
+      config.optim.d
+  )
   mesh = train.data_mesh(devices)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  res, length, b = config.data.resolution, config.model.text.max_length, t.batch_size
+  res, length, b = (
+      config.data.resolution,
+      config.model.text.max_length,
+      t.batch_size,
+  )
   rng = np.random.default_rng(0)
-  ids, mask = ByteTokenizer(length).encode(["a small red circle on the left"] * b)
-  batch = {"image": rng.uniform(-1, 1, (b, res, res, 3)).astype(np.float32), "ids": ids,
-           "mask": mask}
-  state = jax.jit(lambda k: train.create_train_state(objective, g_tx, d_tx, k, batch),
-                  out_shardings=replicated)(jax.random.key(0))
-  step_fn = functools.partial(train.train_step, objective=objective, g_tx=g_tx, d_tx=d_tx,
-                              seed=config.seed, d_steps=t.d_steps, ema=t.ema)
-  return train.jit_sharded_step(step_fn, mesh), state, jax.device_put(batch, rows), b
+  ids, mask = ByteTokenizer(length).encode(
+      ["a small red circle on the left"] * b
+  )
+  batch = {
+      "image": rng.uniform(-1, 1, (b, res, res, 3)).astype(np.float32),
+      "ids": ids,
+      "mask": mask,
+  }
+  state = jax.jit(
+      lambda k: train.create_train_state(objective, g_tx, d_tx, k, batch),
+      out_shardings=replicated,
+  )(jax.random.key(0))
+  step_fn = functools.partial(
+      train.train_step,
+      objective=objective,
+      g_tx=g_tx,
+      d_tx=d_tx,
+      seed=config.seed,
+      d_steps=t.d_steps,
+      ema=t.ema,
+  )
+  return (
+      train.jit_sharded_step(step_fn, mesh),
+      state,
+      jax.device_put(batch, rows),
+      b,
+  )
 
 
-def _time_steps(step, state, batch, steps: int, repeats: int) -> tuple[float, object]:
+def _time_steps(
+    step, state, batch, steps: int, repeats: int
+) -> tuple[float, object]:
   """Median seconds per step over ``repeats`` runs of ``steps`` chained steps."""
   holder = {"state": state}
 
@@ -164,19 +219,33 @@ def bench_train(config, matmul: float) -> dict:
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
-  u_step, u_state, u_batch, _ = _train_setup(_unrolled(config), jax.devices("cpu")[:1])
+  u_step, u_state, u_batch, _ = _train_setup(
+      _unrolled(config), jax.devices("cpu")[:1]
+  )
   flops = _flops(u_step.lower(u_state, u_batch).compile())
   seconds, _ = _time_steps(compiled, state, batch, FLAGS.steps, FLAGS.repeats)
   memory = compiled.memory_analysis()
-  out = dict(train_steps_per_s=1.0 / seconds, train_images_per_s=b / seconds,
-             train_step_flops=flops, train_flops_per_s=flops / seconds,
-             train_utilisation=flops / seconds / matmul, train_compile_seconds=compile_s)
+  out = dict(
+      train_steps_per_s=1.0 / seconds,
+      train_images_per_s=b / seconds,
+      train_step_flops=flops,
+      train_flops_per_s=flops / seconds,
+      train_utilisation=flops / seconds / matmul,
+      train_compile_seconds=compile_s,
+  )
   if memory is not None:
     out["train_memory_bytes"] = dict(
-        arguments=memory.argument_size_in_bytes, outputs=memory.output_size_in_bytes,
-        temporaries=memory.temp_size_in_bytes, aliased=memory.alias_size_in_bytes,
-        peak_estimate=(memory.argument_size_in_bytes + memory.output_size_in_bytes
-                       + memory.temp_size_in_bytes - memory.alias_size_in_bytes))
+        arguments=memory.argument_size_in_bytes,
+        outputs=memory.output_size_in_bytes,
+        temporaries=memory.temp_size_in_bytes,
+        aliased=memory.alias_size_in_bytes,
+        peak_estimate=(
+            memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            + memory.temp_size_in_bytes
+            - memory.alias_size_in_bytes
+        ),
+    )
   stats = jax.devices()[0].memory_stats()
   if stats and "peak_bytes_in_use" in stats:
     out["train_peak_device_bytes"] = stats["peak_bytes_in_use"]
@@ -186,26 +255,57 @@ def bench_train(config, matmul: float) -> dict:
 def _profile_parts(config) -> dict:
   """The train step's parts as name -> (function, arguments), for ``config``'s models."""
   objective = build_objective(config)
-  res, length, b = config.data.resolution, config.model.text.max_length, config.train.batch_size
-  ids, mask = ByteTokenizer(length).encode(["a small red circle on the left"] * b)
-  batch = {"image": np.random.default_rng(0).uniform(-1, 1, (b, res, res, 3)).astype(np.float32),
-           "ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "index": jnp.arange(b)}
-  g_params, d_params = jax.jit(lambda k: init_params(objective, k, batch))(jax.random.key(0))
+  res, length, b = (
+      config.data.resolution,
+      config.model.text.max_length,
+      config.train.batch_size,
+  )
+  ids, mask = ByteTokenizer(length).encode(
+      ["a small red circle on the left"] * b
+  )
+  batch = {
+      "image": np.random.default_rng(0)
+      .uniform(-1, 1, (b, res, res, 3))
+      .astype(np.float32),
+      "ids": jnp.asarray(ids),
+      "mask": jnp.asarray(mask),
+      "index": jnp.arange(b),
+  }
+  g_params, d_params = jax.jit(lambda k: init_params(objective, k, batch))(
+      jax.random.key(0)
+  )
   key = jax.random.key(1)
   z, eps = noise.latents(key, batch["index"], objective.z_dim, objective.ca_dim)
   images = jnp.concatenate([batch["image"]] * 2)
   return {
-      "generator forward": (lambda g: objective.generator.apply(
-          g, batch["ids"], batch["mask"], z, eps).images, (g_params,)),
+      "generator forward": (
+          lambda g: objective.generator.apply(
+              g, batch["ids"], batch["mask"], z, eps
+          ).images,
+          (g_params,),
+      ),
       "discriminator features, 2B images": (
-          lambda d: objective.discriminator.apply(d, images, method="features")[0], (d_params,)),
+          lambda d: objective.discriminator.apply(d, images, method="features")[
+              0
+          ],
+          (d_params,),
+      ),
       "discriminator text encoder": (
-          lambda d: objective.discriminator.apply(d, batch["ids"], batch["mask"],
-                                                  method="encode_text"), (d_params,)),
-      "D loss and gradient": (jax.grad(lambda d, g: objective.discriminator_loss(
-          d, g, batch, key)[0]), (d_params, g_params)),
-      "G loss and gradient": (jax.grad(lambda g, d: objective.generator_loss(
-          g, d, batch, key)[0]), (g_params, d_params)),
+          lambda d: objective.discriminator.apply(
+              d, batch["ids"], batch["mask"], method="encode_text"
+          ),
+          (d_params,),
+      ),
+      "D loss and gradient": (
+          jax.grad(
+              lambda d, g: objective.discriminator_loss(d, g, batch, key)[0]
+          ),
+          (d_params, g_params),
+      ),
+      "G loss and gradient": (
+          jax.grad(lambda g, d: objective.generator_loss(g, d, batch, key)[0]),
+          (g_params, d_params),
+      ),
   }
 
 
@@ -217,13 +317,19 @@ def bench_profile(config, matmul: float) -> dict:
   out = {}
   for name, (fn, args) in _profile_parts(config).items():
     compiled = jax.jit(fn).lower(*args).compile()
-    run = functools.partial(lambda c, a: jax.block_until_ready(c(*a)), compiled, args)
+    run = functools.partial(
+        lambda c, a: jax.block_until_ready(c(*a)), compiled, args
+    )
     run()
     seconds = _median_time(run, FLAGS.repeats)
     u_fn, u_args = unrolled[name]
     with _cpu_counting():
       flops = _flops(jax.jit(u_fn).lower(*u_args).compile())
-    out[name] = dict(ms=1e3 * seconds, gflops=flops / 1e9, utilisation=flops / seconds / matmul)
+    out[name] = dict(
+        ms=1e3 * seconds,
+        gflops=flops / 1e9,
+        utilisation=flops / seconds / matmul,
+    )
   return out
 
 
@@ -234,17 +340,25 @@ _CONTAINERS = ("while", "call", "conditional")
 def _instructions(hlo: str) -> dict:
   """HLO instruction name -> (opcode, shape, whether it multiplies matrices:
   a dot or convolution, alone or inside the computation it fuses, op_name)."""
-  bodies = {m.group(1): m.group(2) for m in re.finditer(
-      r"^%?([\w.-]+) [^\n]*\{\n(.*?)^\}", hlo, re.M | re.S)}
+  bodies = {
+      m.group(1): m.group(2)
+      for m in re.finditer(r"^%?([\w.-]+) [^\n]*\{\n(.*?)^\}", hlo, re.M | re.S)
+  }
   out = {}
-  for m in re.finditer(r"^\s*(?:ROOT )?%([\w.-]+) = (\S+) ([\w-]+)\((.*)$", hlo, re.M):
+  for m in re.finditer(
+      r"^\s*(?:ROOT )?%([\w.-]+) = (\S+) ([\w-]+)\((.*)$", hlo, re.M
+  ):
     name, shape, opcode, rest = m.groups()
     called = re.search(r"calls=%([\w.-]+)", rest)
     body = bodies.get(called.group(1), "") if called else ""
-    matmul = opcode in ("dot", "convolution") or bool(re.search(r" (dot|convolution)\(", body))
+    matmul = opcode in ("dot", "convolution") or bool(
+        re.search(r" (dot|convolution)\(", body)
+    )
     # A fusion made by XLA (a weight gradient's layout copies, say) may carry
     # no op_name of its own; its body's instructions do.
-    op_name = re.search(r'op_name="([^"]*)"', rest) or re.search(r'op_name="([^"]*)"', body)
+    op_name = re.search(r'op_name="([^"]*)"', rest) or re.search(
+        r'op_name="([^"]*)"', body
+    )
     out[name] = (opcode, shape, matmul, op_name.group(1) if op_name else "")
   return out
 
@@ -270,7 +384,9 @@ def op_times(hlo: str, run: Callable[[], object], calls: int = 10) -> dict:
       for _ in range(calls):
         run()
     traced = time.perf_counter() - start
-    paths = glob.glob(os.path.join(logdir, "**", "*.trace.json.gz"), recursive=True)
+    paths = glob.glob(
+        os.path.join(logdir, "**", "*.trace.json.gz"), recursive=True
+    )
     if not paths:
       raise RuntimeError(f"jax.profiler wrote no trace under {logdir}")
     with gzip.open(paths[0]) as f:
@@ -278,13 +394,22 @@ def op_times(hlo: str, run: Callable[[], object], calls: int = 10) -> dict:
   events = events["traceEvents"] if isinstance(events, dict) else events
   ms = collections.Counter()
   for e in events:
-    if e.get("ph") == "X" and e.get("name") in ops and ops[e["name"]][0] not in _CONTAINERS:
+    if (
+        e.get("ph") == "X"
+        and e.get("name") in ops
+        and ops[e["name"]][0] not in _CONTAINERS
+    ):
       ms[e["name"]] += e["dur"] / 1e3 / calls
-  top = [dict(name=n, ms=t, shape=ops[n][1], matmul=ops[n][2], op=ops[n][3])
-         for n, t in ms.most_common()]
-  return dict(traced_ms=1e3 * traced / calls,
-              matmul_ms=sum(o["ms"] for o in top if o["matmul"]),
-              other_ms=sum(o["ms"] for o in top if not o["matmul"]), top=top)
+  top = [
+      dict(name=n, ms=t, shape=ops[n][1], matmul=ops[n][2], op=ops[n][3])
+      for n, t in ms.most_common()
+  ]
+  return dict(
+      traced_ms=1e3 * traced / calls,
+      matmul_ms=sum(o["ms"] for o in top if o["matmul"]),
+      other_ms=sum(o["ms"] for o in top if not o["matmul"]),
+      top=top,
+  )
 
 
 def bench_ops(config, top: int) -> dict:
@@ -299,9 +424,12 @@ def bench_ops(config, top: int) -> dict:
 
   sampler, args = _sampling_case(config, 64)
   sampler = jax.jit(sampler).lower(*args).compile()
-  out = {"train step": op_times(compiled.as_text(), train_step),
-         "sample, batch 64": op_times(sampler.as_text(),
-                                      lambda: sampler(*args).block_until_ready())}
+  out = {
+      "train step": op_times(compiled.as_text(), train_step),
+      "sample, batch 64": op_times(
+          sampler.as_text(), lambda: sampler(*args).block_until_ready()
+      ),
+  }
   for profile in out.values():
     profile["top"] = profile["top"][:top]
   return out
@@ -323,42 +451,70 @@ def matrix_products(jaxpr: jcore.Jaxpr) -> dict:
   return out
 
 
-def _live_products(jaxpr: jcore.Jaxpr, live_outputs: list[bool], repeat: int, scope: str,
-                   out: dict) -> list[bool]:
+def _live_products(
+    jaxpr: jcore.Jaxpr,
+    live_outputs: list[bool],
+    repeat: int,
+    scope: str,
+    out: dict,
+) -> list[bool]:
   """Adds the products of ``jaxpr`` that its live outputs need to ``out`` as
   key -> [equation, count, name: ``scope`` and the equation's name stack];
   returns which of its inputs those outputs read."""
-  live = {v for v, used in zip(jaxpr.outvars, live_outputs) if used and isinstance(v, jcore.Var)}
+  live = {
+      v
+      for v, used in zip(jaxpr.outvars, live_outputs)
+      if used and isinstance(v, jcore.Var)
+  }
   for eqn in reversed(jaxpr.eqns):
     used = [v in live for v in eqn.outvars]
     if not any(used) and not eqn.effects:
       continue
     primitive = eqn.primitive.name
     # A called jaxpr's names are relative to its caller's.
-    name_stack = "/".join(n for n in (scope, str(eqn.source_info.name_stack)) if n)
+    name_stack = "/".join(
+        n for n in (scope, str(eqn.source_info.name_stack)) if n
+    )
     if primitive in _PRODUCTS:
-      key = (primitive, tuple((v.aval.shape, str(v.aval.dtype)) for v in eqn.invars),
-             repr(sorted(eqn.params.items())))
+      key = (
+          primitive,
+          tuple((v.aval.shape, str(v.aval.dtype)) for v in eqn.invars),
+          repr(sorted(eqn.params.items())),
+      )
       out.setdefault(key, [eqn, 0, name_stack])[1] += repeat
     reads = [True] * len(eqn.invars)
-    subs = [sub.jaxpr if isinstance(sub, jcore.ClosedJaxpr) else sub
-            for value in eqn.params.values()
-            for sub in (value if isinstance(value, (list, tuple)) else [value])
-            if isinstance(sub, (jcore.ClosedJaxpr, jcore.Jaxpr))]
+    subs = [
+        sub.jaxpr if isinstance(sub, jcore.ClosedJaxpr) else sub
+        for value in eqn.params.values()
+        for sub in (value if isinstance(value, (list, tuple)) else [value])
+        if isinstance(sub, (jcore.ClosedJaxpr, jcore.Jaxpr))
+    ]
     for sub in subs:
       if primitive in ("while", "cond"):
         if matrix_products(sub):
-          raise ValueError(f"a {primitive} runs matrix products a number of times known only "
-                           "at run time")
-      elif (primitive != "scan" and len(subs) == 1 and len(sub.outvars) == len(eqn.outvars)
-            and len(sub.invars) == len(eqn.invars)):
+          raise ValueError(
+              f"a {primitive} runs matrix products a number of times known only "
+              "at run time"
+          )
+      elif (
+          primitive != "scan"
+          and len(subs) == 1
+          and len(sub.outvars) == len(eqn.outvars)
+          and len(sub.invars) == len(eqn.invars)
+      ):
         # A call (jit, remat, custom derivatives): its outputs are the equation's.
         reads = _live_products(sub, used, repeat, name_stack, out)
       else:
-        _live_products(sub, [True] * len(sub.outvars),
-                       repeat * eqn.params["length"] if primitive == "scan" else repeat,
-                       name_stack, out)
-    live.update(v for v, r in zip(eqn.invars, reads) if r and isinstance(v, jcore.Var))
+        _live_products(
+            sub,
+            [True] * len(sub.outvars),
+            repeat * eqn.params["length"] if primitive == "scan" else repeat,
+            name_stack,
+            out,
+        )
+    live.update(
+        v for v, r in zip(eqn.invars, reads) if r and isinstance(v, jcore.Var)
+    )
   return [v in live for v in jaxpr.invars]
 
 
@@ -380,8 +536,12 @@ def product_times(jaxpr: jcore.Jaxpr, matmul: float, calls: int = 10) -> dict:
   rows = []
   for i, (eqn, count, name) in enumerate(matrix_products(jaxpr).values()):
     fn = _product_fn(eqn)
-    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.invars]
-    args = [jax.random.normal(jax.random.key(i), a.shape, a.dtype) for a in avals]
+    avals = [
+        jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.invars
+    ]
+    args = [
+        jax.random.normal(jax.random.key(i), a.shape, a.dtype) for a in avals
+    ]
     compiled = jax.jit(fn).lower(*args).compile()
     if jax.default_backend() == "cpu":
       flops = _flops(compiled)
@@ -390,19 +550,35 @@ def product_times(jaxpr: jcore.Jaxpr, matmul: float, calls: int = 10) -> dict:
         flops = _flops(jax.jit(fn).lower(*avals).compile())
 
     def run(compiled=compiled, args=args):
-      for _ in range(calls):  # dispatched without waiting, so dispatch overlaps the work
+      for _ in range(
+          calls
+      ):  # dispatched without waiting, so dispatch overlaps the work
         out = compiled(*args)
       out.block_until_ready()
 
     run()
     seconds = _median_time(run, FLAGS.repeats) / calls
-    rows.append(dict(ms=1e3 * seconds * count, gflops=flops * count / 1e9, count=count,
-                     utilisation=flops / seconds / matmul, primitive=eqn.primitive.name,
-                     shapes=[list(a.shape) for a in avals], op=name))
+    rows.append(
+        dict(
+            ms=1e3 * seconds * count,
+            gflops=flops * count / 1e9,
+            count=count,
+            utilisation=flops / seconds / matmul,
+            primitive=eqn.primitive.name,
+            shapes=[list(a.shape) for a in avals],
+            op=name,
+        )
+    )
   rows.sort(key=lambda r: -r["ms"])
   ms, gflops = sum(r["ms"] for r in rows), sum(r["gflops"] for r in rows)
-  return dict(ms=ms, gflops=gflops, utilisation=gflops * 1e9 / (ms / 1e3) / matmul,
-              products=sum(r["count"] for r in rows), distinct=len(rows), top=rows)
+  return dict(
+      ms=ms,
+      gflops=gflops,
+      utilisation=gflops * 1e9 / (ms / 1e3) / matmul,
+      products=sum(r["count"] for r in rows),
+      distinct=len(rows),
+      top=rows,
+  )
 
 
 def bench_products(config, matmul: float, top: int) -> dict:
@@ -417,13 +593,21 @@ def bench_products(config, matmul: float, top: int) -> dict:
     out.block_until_ready()
 
   sample_calls()
-  out = {"sample, batch 64": dict(
-      product_times(jax.make_jaxpr(sampler)(*args).jaxpr, matmul),
-      whole_ms=1e3 * _median_time(sample_calls, FLAGS.repeats) / calls)}
+  out = {
+      "sample, batch 64": dict(
+          product_times(jax.make_jaxpr(sampler)(*args).jaxpr, matmul),
+          whole_ms=1e3 * _median_time(sample_calls, FLAGS.repeats) / calls,
+      )
+  }
   step, state, batch, _ = _train_setup(config, jax.devices()[:1])
   jaxpr = jax.make_jaxpr(step)(state, batch).jaxpr
-  seconds, _ = _time_steps(step.lower(state, batch).compile(), state, batch, FLAGS.steps,
-                           FLAGS.repeats)
+  seconds, _ = _time_steps(
+      step.lower(state, batch).compile(),
+      state,
+      batch,
+      FLAGS.steps,
+      FLAGS.repeats,
+  )
   out["train step"] = dict(product_times(jaxpr, matmul), whole_ms=1e3 * seconds)
   for profile in out.values():
     profile["top"] = profile["top"][:top]
@@ -440,15 +624,38 @@ def bench_compile(config, depths: list[int]) -> dict:
     c.model.generator.depth = depth
     c.model.text.depth = depth
     objective = build_objective(c)
-    g_tx, d_tx = train.make_optimizer(c.optim.g), train.make_optimizer(c.optim.d)
-    res, length, b = c.data.resolution, c.model.text.max_length, c.train.batch_size
+    g_tx, d_tx = train.make_optimizer(c.optim.g), train.make_optimizer(
+        c.optim.d
+    )
+    res, length, b = (
+        c.data.resolution,
+        c.model.text.max_length,
+        c.train.batch_size,
+    )
     ids, mask = ByteTokenizer(length).encode(["a"] * b)
-    batch = {"image": np.zeros((b, res, res, 3), np.float32), "ids": ids, "mask": mask}
-    state = jax.eval_shape(lambda k: train.create_train_state(objective, g_tx, d_tx, k, batch),
-                           jax.random.key(0))
-    step = train.jit_sharded_step(functools.partial(
-        train.train_step, objective=objective, g_tx=g_tx, d_tx=d_tx, seed=0,
-        d_steps=c.train.d_steps, ema=c.train.ema), train.data_mesh(jax.devices()[:1]))
+    batch = {
+        "image": np.zeros((b, res, res, 3), np.float32),
+        "ids": ids,
+        "mask": mask,
+    }
+    state = jax.eval_shape(
+        functools.partial(
+            train.create_train_state, objective, g_tx, d_tx, batch=batch
+        ),
+        jax.random.key(0),
+    )
+    step = train.jit_sharded_step(
+        functools.partial(
+            train.train_step,
+            objective=objective,
+            g_tx=g_tx,
+            d_tx=d_tx,
+            seed=0,
+            d_steps=c.train.d_steps,
+            ema=c.train.ema,
+        ),
+        train.data_mesh(jax.devices()[:1]),
+    )
     start = time.perf_counter()
     step.lower(state, batch).compile()
     seconds.append(time.perf_counter() - start)
@@ -463,7 +670,12 @@ def _sampling_case(config, batch: int):
   m = config.model
   generator, params, ids, mask = _sample_setup(config)
   sampler = functools.partial(sample, generator, z_dim=m.z_dim, ca_dim=m.ca_dim)
-  return sampler, (params, ids.repeat(batch, 0), mask.repeat(batch, 0), jax.random.key(0))
+  return sampler, (
+      params,
+      ids.repeat(batch, 0),
+      mask.repeat(batch, 0),
+      jax.random.key(0),
+  )
 
 
 def _sample_setup(config, init=jax.jit):
@@ -471,9 +683,16 @@ def _sample_setup(config, init=jax.jit):
   and mask [1, L]) for the sampling sections."""
   m = config.model
   generator, _ = build_models(m, config.data.resolution)
-  ids, mask = ByteTokenizer(m.text.max_length).encode(["a small red circle on the left"])
+  ids, mask = ByteTokenizer(m.text.max_length).encode(
+      ["a small red circle on the left"]
+  )
   z, eps = noise.latents(jax.random.key(0), [0], m.z_dim, m.ca_dim)
-  return generator, init(generator.init)(jax.random.key(0), ids, mask, z, eps), ids, mask
+  return (
+      generator,
+      init(generator.init)(jax.random.key(0), ids, mask, z, eps),
+      ids,
+      mask,
+  )
 
 
 def bench_sample(config, batches: list[int], matmul: float) -> dict:
@@ -481,15 +700,19 @@ def bench_sample(config, batches: list[int], matmul: float) -> dict:
   m = config.model
   generator, params, ids, mask = _sample_setup(config)
   unrolled, u_params, _, _ = _sample_setup(
-      _unrolled(config), lambda f: functools.partial(jax.eval_shape, f))
+      _unrolled(config), lambda f: functools.partial(jax.eval_shape, f)
+  )
   out = {"sample_images_per_s": {}, "sample_utilisation": {}}
   for b in batches:
     bi, bm = ids.repeat(b, 0), mask.repeat(b, 0)
     kwargs = dict(z_dim=m.z_dim, ca_dim=m.ca_dim)
-    compiled = sample.lower(generator, params, bi, bm, jax.random.key(0), **kwargs).compile()
-    calls = max(1, 256 // b)  # a repeat draws at least 256 images: one call is too short to time
+    compiled = sample.lower(
+        generator, params, bi, bm, jax.random.key(0), **kwargs
+    ).compile()
+    # A repeat draws at least 256 images: one call is too short to time.
+    calls = max(1, 256 // b)
 
-    def run():
+    def run(compiled=compiled, bi=bi, bm=bm, calls=calls):
       for _ in range(calls):
         out = compiled(params, bi, bm, jax.random.key(0))
       out.block_until_ready()
@@ -497,8 +720,11 @@ def bench_sample(config, batches: list[int], matmul: float) -> dict:
     run()
     seconds = _median_time(run, max(FLAGS.repeats, 10)) / calls
     with _cpu_counting():
-      flops = _flops(sample.lower(unrolled, u_params, bi, bm, jax.random.key(0),
-                                  **kwargs).compile())
+      flops = _flops(
+          sample.lower(
+              unrolled, u_params, bi, bm, jax.random.key(0), **kwargs
+          ).compile()
+      )
     out["sample_images_per_s"][b] = b / seconds
     out["sample_utilisation"][b] = flops / seconds / matmul
     if b == 1:
@@ -509,11 +735,18 @@ def bench_sample(config, batches: list[int], matmul: float) -> dict:
 def bench_input(config, batches: int = 100) -> dict:
   """Batches/s of the input pipeline alone (the training config's settings)."""
   source = sources.open_source(config.data, config.data.train_split)
-  it = iter(pipeline.make_dataset(
-      source, batch_size=config.train.batch_size, resolution=config.data.resolution,
-      max_length=config.model.text.max_length, seed=0, num_threads=config.data.num_threads,
-      prefetch=config.data.prefetch, num_workers=config.data.num_workers,
-      hard_negatives=config.data.hard_negatives))
+  it = iter(
+      pipeline.make_dataset(
+          source,
+          batch_size=config.train.batch_size,
+          resolution=config.data.resolution,
+          max_length=config.model.text.max_length,
+          seed=0,
+          num_threads=config.data.num_threads,
+          prefetch=config.data.prefetch,
+          num_workers=config.data.num_workers,
+      )
+  )
   for _ in range(5):
     next(it)
   start = time.perf_counter()
@@ -530,7 +763,9 @@ def bench_devices_here(config, counts: list[int]) -> dict:
   for k in counts:
     step, state, batch, b = _train_setup(config, jax.devices()[:k])
     state, _ = step(state, batch)  # compiles; the old state is donated
-    seconds, _ = _time_steps(step, state, batch, max(2, FLAGS.steps // 2), FLAGS.repeats)
+    seconds, _ = _time_steps(
+        step, state, batch, max(2, FLAGS.steps // 2), FLAGS.repeats
+    )
     out[k] = b / seconds
   return out
 
@@ -539,19 +774,36 @@ def bench_devices(counts: list[int]) -> dict:
   """Runs the scaling section in a fresh process with host-platform (CPU) devices,
   also on a machine with an accelerator."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
-                      f"{max(counts)}").strip()
+  env["XLA_FLAGS"] = (
+      env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
+      f"{max(counts)}"
+  ).strip()
   args = [a for a in sys.argv[1:] if not a.startswith(("--out", "--only"))]
-  out = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--devices_worker",
-                        *args], env=env, capture_output=True, text=True, check=False)
+  out = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "experiments.benchmark",
+          "--devices_worker",
+          *args,
+      ],
+      env=env,
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   if out.returncode:
     raise RuntimeError("the devices section failed:\n" + out.stderr[-3000:])
-  return {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+  return {
+      int(k): v
+      for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()
+  }
 
 
 def _print_table(results: dict) -> None:
   def line(name, value, unit=""):
     print(f"  {name:<34} {value}{unit}")
+
   print("dallex benchmark:", results["device"], "|", results["config"])
   for key, value in results.items():
     if key == "ops":
@@ -562,8 +814,10 @@ def _print_table(results: dict) -> None:
       print(f"  {key}:")
       for k, v in value.items():
         if isinstance(v, dict):
-          v = ", ".join(f"{n} {x:.4g}" if isinstance(x, float) else f"{n} {x}"
-                        for n, x in v.items())
+          v = ", ".join(
+              f"{n} {x:.4g}" if isinstance(x, float) else f"{n} {x}"
+              for n, x in v.items()
+          )
         line(f"  {k}", f"{v:.4g}" if isinstance(v, float) else v)
     elif isinstance(value, float):
       line(key, f"{value:.4g}")
@@ -571,22 +825,30 @@ def _print_table(results: dict) -> None:
 
 def _print_ops(profiles: dict) -> None:
   for name, p in profiles.items():
-    print(f"  where the time goes, {name}: {p['traced_ms']:.1f} ms per traced call; "
-          f"matrix products {p['matmul_ms']:.1f} ms, everything else {p['other_ms']:.1f} ms")
+    print(
+        f"  where the time goes, {name}: {p['traced_ms']:.1f} ms per traced call; "
+        f"matrix products {p['matmul_ms']:.1f} ms, everything else {p['other_ms']:.1f} ms"
+    )
     for o in p["top"]:
       kind = "matmul" if o["matmul"] else "other"
-      print(f"    {o['ms']:7.2f} ms  {kind:<6} {o['shape']:<28} {o['op'][-70:]}")
+      print(
+          f"    {o['ms']:7.2f} ms  {kind:<6} {o['shape']:<28} {o['op'][-70:]}"
+      )
 
 
 def _print_products(profiles: dict) -> None:
   for name, p in profiles.items():
-    print(f"  matrix products alone, {name}: {p['products']} ({p['distinct']} different), "
-          f"{p['ms']:.1f} ms for {p['gflops']:.2f} GFLOP, utilisation {p['utilisation']:.3f}; "
-          f"the whole {p['whole_ms']:.1f} ms")
+    print(
+        f"  matrix products alone, {name}: {p['products']} ({p['distinct']} different), "
+        f"{p['ms']:.1f} ms for {p['gflops']:.2f} GFLOP, utilisation {p['utilisation']:.3f}; "
+        f"the whole {p['whole_ms']:.1f} ms"
+    )
     for o in p["top"]:
       shapes = " ".join("x".join(map(str, s)) for s in o["shapes"])
-      print(f"    {o['ms']:7.2f} ms  {o['utilisation']:5.2f}  x{o['count']:<3} {shapes:<26} "
-            f"{o['op'][-60:]}")
+      print(
+          f"    {o['ms']:7.2f} ms  {o['utilisation']:5.2f}  x{o['count']:<3} {shapes:<26} "
+          f"{o['op'][-60:]}"
+      )
 
 
 def _write(results: dict, path: str | None) -> None:
@@ -601,18 +863,30 @@ def _write(results: dict, path: str | None) -> None:
 def _use_cores(count: int) -> None:
   """Pins this process (and the ones it starts) to its first ``count`` CPU cores.
   Must run before JAX's first computation, which sizes XLA's thread pools."""
-  available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+  available = (
+      sorted(os.sched_getaffinity(0))
+      if hasattr(os, "sched_getaffinity")
+      else []
+  )
   if not available:
-    raise ValueError("--cores needs os.sched_setaffinity, which this platform lacks")
+    raise ValueError(
+        "--cores needs os.sched_setaffinity, which this platform lacks"
+    )
   if not 1 <= count <= len(available):
-    raise ValueError(f"--cores must be between 1 and the {len(available)} cores this process "
-                     f"may use, got {count}")
+    raise ValueError(
+        f"--cores must be between 1 and the {len(available)} cores this process "
+        f"may use, got {count}"
+    )
   os.sched_setaffinity(0, available[:count])
 
 
 def _cores() -> int:
   """The CPU cores this process may run on."""
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return (
+      len(os.sched_getaffinity(0))
+      if hasattr(os, "sched_getaffinity")
+      else os.cpu_count()
+  )
 
 
 def main(argv):
@@ -627,18 +901,28 @@ def main(argv):
     return
   sections = set(FLAGS.only.split(","))
   dtype = compute_dtype(config.model.dtype)
-  results = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}), "
-                       f"{_cores()} CPU cores", "config": config.model.dtype + " "
-                       + config.data.name + f" r{config.data.resolution} batch "
-                       + str(config.train.batch_size)}
+  results = {
+      "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}), "
+      f"{_cores()} CPU cores",
+      "config": config.model.dtype
+      + " "
+      + config.data.name
+      + f" r{config.data.resolution} batch "
+      + str(config.train.batch_size),
+  }
   results["matmul_flops_per_s"] = matmul_flops_per_s(dtype)
   # Written after every section, so a run cut short keeps what it measured.
   write = functools.partial(_write, results, FLAGS.out)
   # Sampling first: after the other sections, in the same process, it measured
   # up to 19% slower than alone.
   if "sample" in sections:
-    results.update(bench_sample(config, [int(x) for x in FLAGS.sample_batches.split(",")],
-                                results["matmul_flops_per_s"]))
+    results.update(
+        bench_sample(
+            config,
+            [int(x) for x in FLAGS.sample_batches.split(",")],
+            results["matmul_flops_per_s"],
+        )
+    )
     write()
   if "train" in sections:
     results.update(bench_train(config, results["matmul_flops_per_s"]))
@@ -650,22 +934,29 @@ def main(argv):
     results["ops"] = bench_ops(config, FLAGS.top_ops)
     write()
   if "products" in sections:
-    results["products"] = bench_products(config, results["matmul_flops_per_s"], FLAGS.top_ops)
+    results["products"] = bench_products(
+        config, results["matmul_flops_per_s"], FLAGS.top_ops
+    )
     write()
   if "compile" in sections:
     depths = [int(x) for x in FLAGS.depths.split(",")]
     results["compile_seconds"] = bench_compile(config, depths)
     results["compile_ratio_deepest_to_shallowest"] = (
-        results["compile_seconds"][depths[-1]] / results["compile_seconds"][depths[0]])
+        results["compile_seconds"][depths[-1]]
+        / results["compile_seconds"][depths[0]]
+    )
     write()
   if "input" in sections:
     results.update(bench_input(config))
     if "train_steps_per_s" in results:
-      results["input_to_train_ratio"] = (results["input_batches_per_s"]
-                                         / results["train_steps_per_s"])
+      results["input_to_train_ratio"] = (
+          results["input_batches_per_s"] / results["train_steps_per_s"]
+      )
     write()
   if "devices" in sections:
-    results["devices_images_per_s"] = bench_devices([int(x) for x in FLAGS.devices.split(",")])
+    results["devices_images_per_s"] = bench_devices(
+        [int(x) for x in FLAGS.devices.split(",")]
+    )
     write()
   _print_table(results)
   if FLAGS.out:

@@ -1,7 +1,8 @@
-"""Evaluates a trained run's EMA generator on dataset splits; writes JSON, a table and the worst samples.
+"""Evaluates a trained run's EMA generator on dataset splits: a table, a JSON
+file and a sheet of the worst samples.
 
-    python -m experiments.evaluate --workdir runs/shapes32 --split test,heldout --num 2000 --out eval.json \\
-        [--inception inception_fid.npz]
+    python -m experiments.evaluate --workdir runs/shapes32 --split test,heldout --num 2000 \\
+        --out eval.json [--step N] [--noema] [--inception inception_fid.npz]
 
 Per split: the shapes checker's accuracies (dallex_shapes), R-precision from
 the model's own contrastive heads, FID/KID when --inception names converted
@@ -14,30 +15,49 @@ import os
 
 from absl import app, flags, logging
 
-from dallex.evaluation import evaluate as ev
-from dallex.sampler import load
+from dallex.evaluation import suite
+from dallex.sampling import load
 
 flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
-flags.DEFINE_string("split", None, "Comma-separated splits (default: test,heldout for "
-                    "dallex_shapes, else test).")
-flags.DEFINE_integer("num", 2000, "Samples per split (the first examples of each).")
+flags.DEFINE_string(
+    "split",
+    None,
+    "Comma-separated splits (default: test,heldout for "
+    "dallex_shapes, else test).",
+)
+flags.DEFINE_integer(
+    "num", 2000, "Samples per split (the first examples of each)."
+)
 flags.DEFINE_integer("seed", 0, "Noise seed.")
 flags.DEFINE_string("out", "eval.json", "JSON to write.")
-flags.DEFINE_string("worst_png", None, "PNG of the worst samples (default: next to --out).")
-flags.DEFINE_string("inception", None, "FID Inception weights (.npz state dict) for FID/KID.")
-flags.DEFINE_string("fid_cache", os.path.expanduser("~/.cache/dallex/fid"),
-                    "Folder caching the real images' Inception features ('' for none).")
+flags.DEFINE_string(
+    "worst_png", None, "PNG of the worst samples (default: next to --out)."
+)
+flags.DEFINE_string(
+    "inception", None, "FID Inception weights (.npz state dict) for FID/KID."
+)
+flags.DEFINE_string(
+    "fid_cache",
+    os.path.expanduser("~/.cache/dallex/fid"),
+    "Folder caching the real images' Inception features ('' for none).",
+)
 flags.DEFINE_string("data_dir", None, "Override the run's data.data_dir.")
 flags.DEFINE_integer("batch_size", 64, "Generation batch size.")
-flags.DEFINE_integer("step", None, "Evaluate this checkpoint (default: the newest).")
-flags.DEFINE_bool("ema", True, "Evaluate the EMA generator (--noema: the online one).")
+flags.DEFINE_integer(
+    "step", None, "Evaluate this checkpoint (default: the newest)."
+)
+flags.DEFINE_bool(
+    "ema", True, "Evaluate the EMA generator (--noema: the online one)."
+)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only managers.
-  sampler = load(FLAGS.workdir, with_discriminator=True, step=FLAGS.step, ema=FLAGS.ema)
+  sampler = load(
+      FLAGS.workdir, with_discriminator=True, step=FLAGS.step, ema=FLAGS.ema
+  )
   data = sampler.config.data
   if FLAGS.data_dir:
     data.data_dir = FLAGS.data_dir
@@ -45,28 +65,48 @@ def main(argv):
   splits = [s.strip() for s in (FLAGS.split or default).split(",") if s.strip()]
   inception, inception_id = None, ""
   if FLAGS.inception:
-    from dallex.evaluation.inception import load_inception  # pylint: disable=import-outside-toplevel
+    # Imported only when asked for: it loads the Inception network's code.
+    from dallex.evaluation.inception import load_inception
+
     inception = load_inception(FLAGS.inception)
     stat = os.stat(FLAGS.inception)
-    inception_id = f"{os.path.abspath(FLAGS.inception)}:{stat.st_size}:{stat.st_mtime_ns}"
+    inception_id = (
+        f"{os.path.abspath(FLAGS.inception)}:{stat.st_size}:{stat.st_mtime_ns}"
+    )
   results, first = {}, None
   for split in splits:
-    eval_set = ev.load_eval_set(data, split, FLAGS.num)
-    result = ev.evaluate(sampler, eval_set, FLAGS.seed, inception=inception,
-                         inception_id=inception_id, fid_cache=FLAGS.fid_cache or None,
-                         batch_size=FLAGS.batch_size)
+    eval_set = suite.load_eval_set(data, split, FLAGS.num)
+    result = suite.evaluate(
+        sampler,
+        eval_set,
+        FLAGS.seed,
+        inception=inception,
+        inception_id=inception_id,
+        fid_cache=FLAGS.fid_cache or None,
+        batch_size=FLAGS.batch_size,
+    )
     results[split] = result.metrics
     first = first or result
-  report = dict(workdir=os.path.abspath(FLAGS.workdir), step=sampler.step, seed=FLAGS.seed,
-                num=FLAGS.num, ema=FLAGS.ema, splits=results)
+  report = dict(
+      workdir=os.path.abspath(FLAGS.workdir),
+      step=sampler.step,
+      seed=FLAGS.seed,
+      num=FLAGS.num,
+      ema=FLAGS.ema,
+      splits=results,
+  )
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   with open(FLAGS.out, "w") as f:
     json.dump(report, f, indent=2)
-  worst = ev.worst_samples_png(first, FLAGS.worst_png or
-                               os.path.splitext(FLAGS.out)[0] + "_worst.png")
+  worst = suite.worst_samples_png(
+      first, FLAGS.worst_png or os.path.splitext(FLAGS.out)[0] + "_worst.png"
+  )
   print(f"step {sampler.step}, seed {FLAGS.seed}, {FLAGS.workdir}")
-  print(ev.format_table(results))
-  print(f"-> {FLAGS.out}" + (f"; worst samples of {splits[0]} -> {worst}" if worst else ""))
+  print(suite.format_table(results))
+  print(
+      f"-> {FLAGS.out}"
+      + (f"; worst samples of {splits[0]} -> {worst}" if worst else "")
+  )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Builds a dataset if needed and writes a grid of its examples with their captions.
 
-    python -m experiments.show_data --dataset dallex_shapes --resolution 32 --out data.png
-    python -m experiments.show_data --dataset caption_folder --path DIR --resolution 64 --out data.png
+python -m experiments.show_data --dataset dallex_shapes --resolution 32 --out data.png
+python -m experiments.show_data --dataset caption_folder --path DIR --resolution 64 --out data.png
 """
 
 from absl import app, flags
@@ -12,7 +12,9 @@ from dallex import visualize
 from dallex.data import sources
 from dallex.data.images import center_crop_resize
 
-flags.DEFINE_string("dataset", "dallex_shapes", "dallex_shapes, caption_folder or a TFDS name")
+flags.DEFINE_string(
+    "dataset", "dallex_shapes", "dallex_shapes, caption_folder or a TFDS name"
+)
 flags.DEFINE_string("path", "", "the folder, for --dataset=caption_folder")
 flags.DEFINE_integer("resolution", 32, "image side in pixels")
 flags.DEFINE_string("split", "train", "TFDS split")
@@ -24,8 +26,14 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  config = ml_collections.ConfigDict(dict(name=FLAGS.dataset, path=FLAGS.path,
-                                          resolution=FLAGS.resolution, data_dir=FLAGS.data_dir))
+  config = ml_collections.ConfigDict(
+      dict(
+          name=FLAGS.dataset,
+          path=FLAGS.path,
+          resolution=FLAGS.resolution,
+          data_dir=FLAGS.data_dir,
+      )
+  )
   source = sources.open_source(config, FLAGS.split)
   num = min(FLAGS.num, len(source.data))
   images, captions = [], []
@@ -33,11 +41,16 @@ def main(argv):
     image, caps = source.extract(source.data[i])
     images.append(center_crop_resize(image, FLAGS.resolution))
     captions.append(caps[0])
-  path = visualize.save_png(visualize.make_grid(np.stack(images), 4),
-                            FLAGS.out, scale=max(1, 128 // FLAGS.resolution))
+  path = visualize.save_png(
+      visualize.make_grid(np.stack(images), 4),
+      FLAGS.out,
+      scale=max(1, 128 // FLAGS.resolution),
+  )
   for i, caption in enumerate(captions):
     print(f"{i:3d}  {caption}")
-  print(f"{len(source.data)} examples in {FLAGS.split}; grid of {num} written to {path}")
+  print(
+      f"{len(source.data)} examples in {FLAGS.split}; grid of {num} written to {path}"
+  )
 
 
 if __name__ == "__main__":

@@ -14,21 +14,36 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, events and samples go.",
-                    required=True)
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string(
+    "workdir",
+    None,
+    "Where checkpoints, metrics, events and samples go.",
+    required=True,
+)
+flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (multi-host)."
+)
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO.
-  import jax  # pylint: disable=import-outside-toplevel
-  if (FLAGS.distributed or os.environ.get("DALLEX_DISTRIBUTED") == "1"
-      or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+  # Imported here: jax.distributed.initialize() must run before anything
+  # touches a backend, and the library is imported only after it.
+  import jax
+
+  if (
+      FLAGS.distributed
+      or os.environ.get("DALLEX_DISTRIBUTED") == "1"
+      or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  ):
     jax.distributed.initialize()
-  from dallex.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  from dallex.loop import train_and_evaluate
+
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

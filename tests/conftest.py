@@ -25,10 +25,13 @@ os.environ.setdefault("DALLEX_DATA_DIR", "/nonexistent-dallex-data-dir")
 # program compiled by one of them is not compiled again.
 # pytest-xdist workers inherit both from the controller.
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_backend_optimization_level=0").strip()
+  os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+  ).strip()
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dallex-test-jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+      prefix="dallex-test-jax-cache-"
+  )
   os.environ["DALLEX_TEST_OWNS_JAX_CACHE"] = str(os.getpid())
 
 
@@ -59,9 +62,15 @@ def shared_dir(tmp_path_factory, name: str, build) -> pathlib.Path:
 def tiny_shapes(tmp_path_factory):
   """A small ``dallex_shapes`` build at 32 px: (builder, data_dir)."""
   from dallex.data.shapes_builder import DallexShapes, ShapesConfig
+
   data_dir = str(tmp_path_factory.mktemp("tiny_shapes"))
-  config = ShapesConfig(name="r32_tiny", resolution=32, num_train=600, num_test=100,
-                        num_heldout=100)
+  config = ShapesConfig(
+      name="r32_tiny",
+      resolution=32,
+      num_train=600,
+      num_test=100,
+      num_heldout=100,
+  )
   builder = DallexShapes(config=config, data_dir=data_dir)
   builder.download_and_prepare()
   return builder, data_dir
@@ -71,20 +80,38 @@ def tiny_shapes(tmp_path_factory):
 def full_shapes_r32(tmp_path_factory):
   """The real 32-pixel ``dallex_shapes`` build (about 30 s): the builder."""
   from dallex.data.shapes_builder import DallexShapes
-  build = lambda path: DallexShapes(config="r32", data_dir=str(path)).download_and_prepare()
-  return DallexShapes(config="r32", data_dir=str(shared_dir(tmp_path_factory, "shapes_r32", build)))
+
+  build = lambda path: DallexShapes(
+      config="r32", data_dir=str(path)
+  ).download_and_prepare()
+  return DallexShapes(
+      config="r32",
+      data_dir=str(shared_dir(tmp_path_factory, "shapes_r32", build)),
+  )
 
 
 def train_cmd(workdir, data_dir, *overrides):
   """`python -m experiments.train` with the tiny config on the data in ``data_dir``."""
-  return [sys.executable, "-m", "experiments.train", f"--config={TINY_TRAIN_CONFIG}",
-          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *overrides]
+  return [
+      sys.executable,
+      "-m",
+      "experiments.train",
+      f"--config={TINY_TRAIN_CONFIG}",
+      f"--workdir={workdir}",
+      f"--config.data.data_dir={data_dir}",
+      *overrides,
+  ]
 
 
 def train_cli(workdir, data_dir, *overrides, check=True):
   """Runs ``train_cmd`` to the end; asserts success unless ``check`` is False."""
-  out = subprocess.run(train_cmd(workdir, data_dir, *overrides), cwd=ROOT, capture_output=True,
-                       text=True, timeout=600)
+  out = subprocess.run(
+      train_cmd(workdir, data_dir, *overrides),
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   if check:
     assert out.returncode == 0, out.stderr[-4000:]
   return out
@@ -95,44 +122,86 @@ def tiny_run(full_shapes_r32, tmp_path_factory):
   """A finished 6-step CLI run of the tiny config on the real 32-px shapes, with
   samples and evals (8 test captions) at steps 3 and 6: (workdir, stdout).
   Tests must not change it (copy it first)."""
+
   def build(path):
-    out = train_cli(path / "run", str(full_shapes_r32.data_dir_root), "--config.train.steps=6",
-                    "--config.train.sample_every=3", "--config.evals.every=3",
-                    "--config.evals.num=8", "--config.evals.batch_size=8")
+    out = train_cli(
+        path / "run",
+        str(full_shapes_r32.data_dir_root),
+        "--config.train.steps=6",
+        "--config.train.sample_every=3",
+        "--config.evals.every=3",
+        "--config.evals.num=8",
+        "--config.evals.batch_size=8",
+    )
     (path / "stdout.txt").write_text(out.stdout)
+
   path = shared_dir(tmp_path_factory, "tiny_run", build)
   return path / "run", (path / "stdout.txt").read_text()
 
 
 def tiny_config(arch="dallex", resolution=32):
-  """A full config with tiny models, for fast tests."""
+  """The default config with tiny models, for fast tests."""
   from dallex.config import default_config
+
   c = default_config()
   c.data.resolution = resolution
   c.model.arch = arch
   c.model.z_dim = 8
   c.model.ca_dim = 8
   c.model.text.update(max_length=48, width=32, depth=2, heads=2)
-  c.model.generator.update(style_dim=32, width=32, depth=2, heads=2, base_channels=32,
-                           min_channels=8)
-  c.model.discriminator.update(base_channels=8, max_channels=32, hidden=32, embed_dim=16)
+  c.model.generator.update(
+      style_dim=32, width=32, depth=2, heads=2, base_channels=32, min_channels=8
+  )
+  c.model.discriminator.update(
+      base_channels=8, max_channels=32, hidden=32, embed_dim=16
+  )
   c.model.discriminator.text.update(max_length=48, width=16, depth=1, heads=2)
   c.model.seed.update(emb_dim=16, hidden_dim=32)
+  # Local style on the default's two up blocks, or on the one an 8 px image has.
+  c.model.generator.local_style = min(2, (resolution // 4).bit_length() - 1)
   if arch == "seed":
-    c.loss.update(adversarial="nonsaturating", contrastive_d=0.0, contrastive_g=0.0,
-                  kl=0.0, gradient_penalty="none")
+    c.loss.update(
+        adversarial="nonsaturating",
+        contrastive_d=0.0,
+        contrastive_g=0.0,
+        gradient_penalty="none",
+        layout=0.0,
+    )
   return c
+
+
+def trained_like(params, key=None, scale=0.3):
+  """``params`` with every leaf moved by Gaussian noise. At init the style
+  projections are zero, so z (and the mapping MLP behind it) cannot change an
+  image and gets no gradient; trained parameters are not like that."""
+  import jax
+
+  key = jax.random.key(1) if key is None else key
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(
+      tree,
+      [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)],
+  )
 
 
 def tiny_batch(config, batch_size=4, seed=0, captions=None):
   """A batch of random images and shapes captions at the config's sizes."""
   import numpy as np
   from dallex.text import ByteTokenizer
+
   rng = np.random.default_rng(seed)
   res = config.data.resolution
-  captions = captions or ["a small red circle on the left", "a large blue square at the top",
-                          "a small green triangle in the center and a large white circle "
-                          "in the top right", "x"][:batch_size]
+  captions = (
+      captions
+      or [
+          "a small red circle on the left",
+          "a large blue square at the top",
+          "a small green triangle in the center and a large white circle "
+          "in the top right",
+          "x",
+      ][:batch_size]
+  )
   captions = (captions * batch_size)[:batch_size]
   ids, mask = ByteTokenizer(config.model.text.max_length).encode(captions)
   image = rng.uniform(-1, 1, (batch_size, res, res, 3)).astype(np.float32)

@@ -15,24 +15,63 @@ def _scenes(builder, split="test"):
     ex = data[i]
     n = int(ex["num_objects"])
     f = ex["objects"]
-    objects = [shapes.ShapeObject(
-        list(shapes.COLOURS)[f["colour"][k]], shapes.SHAPES[f["shape"][k]],
-        list(shapes.SIZES)[f["size"][k]], shapes.CELLS[f["cell"][k]],
-        tuple(int(c) for c in f["rgb"][k]), tuple(float(c) for c in f["center"][k]),
-        float(f["side"][k])) for k in range(n)]
+    objects = [
+        shapes.ShapeObject(
+            list(shapes.COLOURS)[f["colour"][k]],
+            shapes.SHAPES[f["shape"][k]],
+            list(shapes.SIZES)[f["size"][k]],
+            shapes.CELLS[f["cell"][k]],
+            tuple(int(c) for c in f["rgb"][k]),
+            tuple(float(c) for c in f["center"][k]),
+            float(f["side"][k]),
+        )
+        for k in range(n)
+    ]
     yield ex, objects
 
 
 def _intended(objects):
-  return [dict(colour=o.colour, shape=o.shape, size=o.size, cell=o.cell) for o in objects]
+  return [
+      dict(colour=o.colour, shape=o.shape, size=o.size, cell=o.cell)
+      for o in objects
+  ]
 
 
-def test_checker_is_right_on_real_test_images(full_shapes_r32):
+@pytest.fixture(scope="module")
+def shapes_r64(tmp_path_factory):
+  """The first 1,000 `test` and `heldout` examples of the 64-pixel build (each
+  example is seeded by its split and index, so they are the full build's)."""
+  from dallex.data.shapes_builder import DallexShapes, ShapesConfig
+
+  config = ShapesConfig(
+      name="r64_eval",
+      resolution=64,
+      num_train=8,
+      num_test=1000,
+      num_heldout=1000,
+  )
+  builder = DallexShapes(
+      config=config, data_dir=str(tmp_path_factory.mktemp("shapes_r64"))
+  )
+  builder.download_and_prepare()
+  return builder
+
+
+@pytest.mark.parametrize(
+    "resolution,split",
+    [(32, "test"), (32, "heldout"), (64, "test"), (64, "heldout")],
+)
+def test_checker_is_right_on_real_images(resolution, split, request):
+  builder = request.getfixturevalue(
+      "full_shapes_r32" if resolution == 32 else "shapes_r64"
+  )
   verdicts = []
-  for ex, objects in _scenes(full_shapes_r32, "test"):
+  for ex, objects in _scenes(builder, split):
+    assert ex["image"].shape == (resolution, resolution, 3)
     assert shapes.caption(objects) == ex["caption"].decode()
     verdicts.append(alignment.check(ex["image"], _intended(objects)))
   summary = alignment.summarize(verdicts)
+  assert summary["num_objects"] >= 1000, summary
   assert summary["object_accuracy"] >= 0.99, summary
   assert summary["no_extra_rate"] >= 0.99, summary
   for a in alignment.ATTRIBUTES:
@@ -40,7 +79,10 @@ def test_checker_is_right_on_real_test_images(full_shapes_r32):
 
 
 def _replace(objects, k, **changes):
-  return [dataclasses.replace(o, **changes) if i == k else o for i, o in enumerate(objects)]
+  return [
+      dataclasses.replace(o, **changes) if i == k else o
+      for i, o in enumerate(objects)
+  ]
 
 
 def _plant(obj, others, attribute, rng):
@@ -50,16 +92,23 @@ def _plant(obj, others, attribute, rng):
     colour = rng.choice([c for c in shapes.COLOURS if c != obj.colour])
     return dataclasses.replace(obj, colour=colour, rgb=shapes.COLOURS[colour])
   if attribute == "shape":
-    return dataclasses.replace(obj, shape=rng.choice([s for s in shapes.SHAPES if s != obj.shape]))
+    return dataclasses.replace(
+        obj, shape=rng.choice([s for s in shapes.SHAPES if s != obj.shape])
+    )
   if attribute == "size":
     size = "large" if obj.size == "small" else "small"
-    new = dataclasses.replace(obj, size=size,
-                              side=obj.side * shapes.SIZES[size] / shapes.SIZES[obj.size])
+    new = dataclasses.replace(
+        obj,
+        size=size,
+        side=obj.side * shapes.SIZES[size] / shapes.SIZES[obj.size],
+    )
   else:
     taken = {o.cell for o in others}
-    cell = rng.choice([c for c in shapes.CELLS if c != obj.cell and c not in taken])
+    cell = rng.choice(
+        [c for c in shapes.CELLS if c != obj.cell and c not in taken]
+    )
     new = dataclasses.replace(obj, cell=cell, center=shapes.cell_center(cell))
-  if all(shapes._separated(new, o, 32) for o in others):  # pylint: disable=protected-access
+  if all(shapes._separated(new, o, 32) for o in others):
     return new
   return None
 
@@ -70,18 +119,20 @@ def test_checker_flags_planted_errors(full_shapes_r32, attribute):
   told the original caption, must flag exactly that attribute of that object."""
   rng = np.random.default_rng(0)
   flagged, trials = 0, 0
-  for ex, objects in _scenes(full_shapes_r32):
+  for _, objects in _scenes(full_shapes_r32):
     if trials == 60:
       break
     k = int(rng.integers(len(objects)))
-    others = objects[:k] + objects[k + 1:]
+    others = objects[:k] + objects[k + 1 :]
     planted = _plant(objects[k], others, attribute, rng)
     if planted is None:
       continue
     image = shapes.render(others + [planted], 32)
     verdict = alignment.check(image, _intended(objects))
     trials += 1
-    wrong = {a for a in alignment.ATTRIBUTES if not getattr(verdict.objects[k], a)}
+    wrong = {
+        a for a in alignment.ATTRIBUTES if not getattr(verdict.objects[k], a)
+    }
     others_right = all(v.right for i, v in enumerate(verdict.objects) if i != k)
     flagged += wrong == {attribute} and others_right and verdict.extra == 0
   assert trials == 60
@@ -89,10 +140,24 @@ def test_checker_flags_planted_errors(full_shapes_r32, attribute):
 
 
 def test_extra_and_missing_objects():
-  red = shapes.ShapeObject("red", "circle", "large", "left", shapes.COLOURS["red"],
-                           shapes.cell_center("left"), 0.3)
-  blue = shapes.ShapeObject("blue", "square", "small", "top right", shapes.COLOURS["blue"],
-                            shapes.cell_center("top right"), 0.2)
+  red = shapes.ShapeObject(
+      "red",
+      "circle",
+      "large",
+      "left",
+      shapes.COLOURS["red"],
+      shapes.cell_center("left"),
+      0.3,
+  )
+  blue = shapes.ShapeObject(
+      "blue",
+      "square",
+      "small",
+      "top right",
+      shapes.COLOURS["blue"],
+      shapes.cell_center("top right"),
+      0.2,
+  )
   both = shapes.render([red, blue], 32)
   verdict = alignment.check(both, _intended([red]))
   assert verdict.objects[0].right and verdict.extra == 1 and not verdict.right
@@ -111,14 +176,26 @@ def test_extra_and_missing_objects():
 def test_summary_counts():
   right = alignment.ObjectVerdict(True, True, True, True, True)
   wrong_colour = alignment.ObjectVerdict(False, True, True, True, True)
-  verdicts = [alignment.Verdict((right,), 0, ()), alignment.Verdict((right, wrong_colour), 0, ()),
-              alignment.Verdict((right,), 1, ())]
+  verdicts = [
+      alignment.Verdict((right,), 0, ()),
+      alignment.Verdict((right, wrong_colour), 0, ()),
+      alignment.Verdict((right,), 1, ()),
+  ]
   s = alignment.summarize(verdicts)
   assert s["colour_accuracy"] == 0.75 and s["object_accuracy"] == 0.75
-  assert s["one_object_accuracy"] == 1.0 and s["two_object_image_accuracy"] == 0.0
-  assert s["two_object_accuracy"] == 0.5 and s["two_object_colour_accuracy"] == 0.5
-  assert s["two_object_shape_accuracy"] == 1.0 and s["one_object_colour_accuracy"] == 1.0
-  assert s["no_extra_rate"] == pytest.approx(2 / 3) and s["image_accuracy"] == pytest.approx(1 / 3)
+  assert (
+      s["one_object_accuracy"] == 1.0 and s["two_object_image_accuracy"] == 0.0
+  )
+  assert (
+      s["two_object_accuracy"] == 0.5 and s["two_object_colour_accuracy"] == 0.5
+  )
+  assert (
+      s["two_object_shape_accuracy"] == 1.0
+      and s["one_object_colour_accuracy"] == 1.0
+  )
+  assert s["no_extra_rate"] == pytest.approx(2 / 3) and s[
+      "image_accuracy"
+  ] == pytest.approx(1 / 3)
 
 
 def test_bad_inputs_are_named():
@@ -127,5 +204,7 @@ def test_bad_inputs_are_named():
   with pytest.raises(TypeError, match="image must be uint8"):
     alignment.check(np.zeros((32, 32, 3), np.float32), [])
   with pytest.raises(ValueError, match=r"lacks \['cell'\]"):
-    alignment.check(np.zeros((32, 32, 3), np.uint8),
-                    [dict(colour="red", shape="circle", size="small")])
+    alignment.check(
+        np.zeros((32, 32, 3), np.uint8),
+        [dict(colour="red", shape="circle", size="small")],
+    )

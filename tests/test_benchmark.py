@@ -19,8 +19,13 @@ from conftest import ROOT
 
 def _probe(code: str) -> dict:
   """Runs ``code`` in a fresh Python and returns the JSON its last line prints."""
-  run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
+  run = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -44,8 +49,12 @@ print(json.dumps(out))
 
 def test_train_flops_count_every_scanned_block_and_utilisation_is_their_rate_over_the_limit():
   out = _probe(_PROBE)
-  assert out["train_utilisation"] == pytest.approx(out["train_flops_per_s"] / 1e9, rel=1e-9)
-  assert out["train_images_per_s"] == pytest.approx(4 * out["train_steps_per_s"], rel=1e-6)
+  assert out["train_utilisation"] == pytest.approx(
+      out["train_flops_per_s"] / 1e9, rel=1e-9
+  )
+  assert out["train_images_per_s"] == pytest.approx(
+      4 * out["train_steps_per_s"], rel=1e-6
+  )
   assert out["train_memory_bytes"]["peak_estimate"] > 0
   # XLA's cost analysis counts the body of a scan once, so the scanned step's
   # own count misses a block of each two-block stack; the benchmark's does not.
@@ -72,8 +81,12 @@ def test_op_profile_splits_a_computation_into_its_matmul_and_its_other_work():
   out = _probe(_OPS_PROBE)
   kinds = {o["matmul"] for o in out["top"]}
   assert kinds == {True, False}, out["top"]
-  assert [o["ms"] for o in out["top"]] == sorted((o["ms"] for o in out["top"]), reverse=True)
-  assert out["matmul_ms"] == pytest.approx(sum(o["ms"] for o in out["top"] if o["matmul"]))
+  assert [o["ms"] for o in out["top"]] == sorted(
+      (o["ms"] for o in out["top"]), reverse=True
+  )
+  assert out["matmul_ms"] == pytest.approx(
+      sum(o["ms"] for o in out["top"] if o["matmul"])
+  )
   assert all(o["ms"] > 0 for o in out["top"])
   assert any("dot_general" in o["op"] for o in out["top"] if o["matmul"])
 
@@ -95,11 +108,15 @@ print(json.dumps(dict(before=before, after=benchmark._cores(), child=int(child),
 """
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity"
+)
 def test_cores_pins_the_process_and_its_children_and_rejects_counts_it_lacks():
   out = _probe(_CORES_PROBE)
   assert out["after"] == out["child"] == 1
-  assert len(out["errors"]) == 2 and all("--cores" in e for e in out["errors"]), out["errors"]
+  assert len(out["errors"]) == 2 and all(
+      "--cores" in e for e in out["errors"]
+  ), out["errors"]
   assert str(out["before"]) in out["errors"][1]
 
 
@@ -141,13 +158,19 @@ def test_products_are_counted_through_scans_and_calls_unless_unused_and_timed_on
   dot, conv = by_kind["dot_general"], by_kind["conv_general_dilated"]
   # The scan's body runs three times and the call's used product once (its
   # unused ones not at all): 4 x 2 * 64 * 16 * 16 FLOPs.
-  assert dot["count"] == 4 and dot["gflops"] == pytest.approx(4 * 2 * 64 * 16 * 16 / 1e9)
+  assert dot["count"] == 4 and dot["gflops"] == pytest.approx(
+      4 * 2 * 64 * 16 * 16 / 1e9
+  )
   assert conv["count"] == 1 and conv["shapes"] == [[1, 8, 8, 16], [3, 3, 16, 4]]
   assert conv["gflops"] > 0
   assert out["gflops"] == pytest.approx(dot["gflops"] + conv["gflops"])
   assert out["ms"] == pytest.approx(dot["ms"] + conv["ms"]) and out["ms"] > 0
-  assert out["utilisation"] == pytest.approx(out["gflops"] / out["ms"] * 1e3, rel=1e-9)
-  assert [o["ms"] for o in out["top"]] == sorted((o["ms"] for o in out["top"]), reverse=True)
+  assert out["utilisation"] == pytest.approx(
+      out["gflops"] / out["ms"] * 1e3, rel=1e-9
+  )
+  assert [o["ms"] for o in out["top"]] == sorted(
+      (o["ms"] for o in out["top"]), reverse=True
+  )
   # A loop or cond whose trip count or branch is known only at run time.
   assert len(out["errors"]) == 2, out["errors"]
   assert "while" in out["errors"][0] and "cond" in out["errors"][1]

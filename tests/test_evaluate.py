@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dallex.evaluation import evaluate, rprecision
+from dallex.evaluation import rprecision, suite
 
 
 def _unit(x):
@@ -15,10 +15,16 @@ def test_r_precision_perfect_chance_and_never_its_own_caption():
   rng = np.random.default_rng(0)
   text = _unit(rng.normal(size=(200, 64)))
   ids = rng.integers(0, 200, 500)
-  perfect, margins = rprecision.r_precision(text[ids], ids, text, num_distractors=99)
+  perfect, margins = rprecision.r_precision(
+      text[ids], ids, text, num_distractors=99
+  )
   assert perfect == 1.0 and np.all(margins > 0)
-  chance, _ = rprecision.r_precision(_unit(rng.normal(size=(2000, 64))), rng.integers(0, 200, 2000),
-                                     text, num_distractors=9)
+  chance, _ = rprecision.r_precision(
+      _unit(rng.normal(size=(2000, 64))),
+      rng.integers(0, 200, 2000),
+      text,
+      num_distractors=9,
+  )
   assert chance == pytest.approx(0.1, abs=0.03)
   # With 2 captions the only distractor is the other one: never the true caption.
   two = _unit(np.array([[1.0, 0.0], [0.0, 1.0]]))
@@ -30,15 +36,27 @@ def test_r_precision_perfect_chance_and_never_its_own_caption():
 
 def test_worst_samples_sheet_and_table(tmp_path):
   images = np.stack([np.full((8, 8, 3), v, np.uint8) for v in (10, 200, 100)])
-  result = evaluate.Evaluation({"object_accuracy": 0.5}, images, ["a", "b", "c"],
-                               np.array([0.5, -1.0, 0.0]), ["", "#1 colour", "right"])
-  path = evaluate.worst_samples_png(result, str(tmp_path / "w" / "worst.png"), num=2, scale=4,
-                                    columns=2)
+  result = suite.Evaluation(
+      {"object_accuracy": 0.5},
+      images,
+      ["a", "b", "c"],
+      np.array([0.5, -1.0, 0.0]),
+      ["", "#1 colour", "right"],
+  )
+  path = suite.worst_samples_png(
+      result, str(tmp_path / "w" / "worst.png"), num=2, scale=4, columns=2
+  )
   sheet = np.asarray(Image.open(path))
   # Worst first: image 1 (score -1), then image 2 (score 0).
-  assert (sheet[4:36, 4:36] == 200).all() and (sheet[4:36, 168:200] == 100).all()
-  table = evaluate.format_table({"test": {"object_accuracy": 0.5, "num_images": 3},
-                                 "heldout": {"object_accuracy": 0.25}})
+  assert (sheet[4:36, 4:36] == 200).all() and (
+      sheet[4:36, 168:200] == 100
+  ).all()
+  table = suite.format_table(
+      {
+          "test": {"object_accuracy": 0.5, "num_images": 3},
+          "heldout": {"object_accuracy": 0.25},
+      }
+  )
   lines = table.splitlines()
   assert lines[0].split() == ["test", "heldout"]
   assert lines[1].split() == ["object_accuracy", "0.5000", "0.2500"]
@@ -47,6 +65,7 @@ def test_worst_samples_sheet_and_table(tmp_path):
 
 class _CopySampler:
   """Stands in for a trained sampler: 'generates' the eval set's own images."""
+
   d_params = None
 
   def __init__(self, images):
@@ -54,28 +73,32 @@ class _CopySampler:
 
   def generate(self, captions, seed=0, batch_size=64):
     del seed, batch_size
-    return self.images[:len(captions)]
+    return self.images[: len(captions)]
 
 
 def test_fid_of_the_real_images_is_zero_and_their_features_are_cached(tmp_path):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
-  eval_set = evaluate.EvalSet("toy/test", ["caption"] * 60, None, images)
+  eval_set = suite.EvalSet("toy/test", ["caption"] * 60, None, images)
   calls = []
 
-  def features(batch):  # a stand-in feature network: 16 fixed random projections
+  def features(
+      batch,
+  ):  # a stand-in feature network: 16 fixed random projections
     calls.append(len(batch))
     flat = batch.reshape(len(batch), -1).astype(np.float64) / 255.0
     return flat @ np.random.default_rng(1).normal(size=(flat.shape[1], 16))
 
-  kwargs = dict(inception=features, inception_id="toy-weights", fid_cache=str(tmp_path))
-  result = evaluate.evaluate(_CopySampler(images), eval_set, **kwargs)
+  kwargs = dict(
+      inception=features, inception_id="toy-weights", fid_cache=str(tmp_path)
+  )
+  result = suite.evaluate(_CopySampler(images), eval_set, **kwargs)
   assert abs(result.metrics["fid"]) < 1e-6
   same_kid = result.metrics["kid"]
   assert "object_accuracy" not in result.metrics and result.scores is None
   first_calls = len(calls)
   shifted = np.clip(images.astype(int) + 60, 0, 255).astype(np.uint8)
-  result = evaluate.evaluate(_CopySampler(shifted), eval_set, **kwargs)
+  result = suite.evaluate(_CopySampler(shifted), eval_set, **kwargs)
   # The real images' features came from the cache: only the generated ones were computed.
   assert len(calls) == first_calls + first_calls // 2
   assert result.metrics["fid"] > 1.0 and result.metrics["kid"] > same_kid + 1.0

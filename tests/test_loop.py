@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import time
 import warnings
@@ -21,11 +23,17 @@ from conftest import train_cmd as _train_cmd
 
 def _final_params(workdir):
   """The newest checkpoint's state as plain arrays, and its data state."""
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                                  item_names=("state", "data", "config"))
+  manager = ocp.CheckpointManager(
+      os.path.join(workdir, "checkpoints"),
+      item_names=("state", "data", "config"),
+  )
   step = manager.latest_step()
-  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                      data=ocp.args.JsonRestore()))
+  out = manager.restore(
+      step,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()
+      ),
+  )
   return step, jax.tree.map(np.asarray, out["state"]), out["data"]
 
 
@@ -39,55 +47,124 @@ def data_dir(full_shapes_r32):
   return str(full_shapes_r32.data_dir_root)
 
 
+def _events(folder):
+  """(step, tag, image (width, height) or None) of every value in the TensorBoard
+  event files of ``folder`` (TFRecord framing: length, CRC, event, CRC)."""
+  from tensorboardX.proto import event_pb2
+
+  out = []
+  for path in sorted(folder.iterdir()):
+    data = path.read_bytes()
+    i = 0
+    while i < len(data):
+      n = struct.unpack("<Q", data[i : i + 8])[0]
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+      i += 12 + n + 4
+      for value in event.summary.value:
+        size = (
+            (value.image.width, value.image.height)
+            if value.HasField("image")
+            else None
+        )
+        out.append((event.step, value.tag, size))
+  return out
+
+
 def _train_rows(workdir):
   return [r for r in _metrics(workdir) if "d_loss" in r]
 
 
-def test_train_cli_writes_everything_and_resumes_exactly(tmp_path, data_dir, tiny_run):
+def test_train_cli_writes_everything_and_resumes_exactly(
+    tmp_path, data_dir, tiny_run
+):
   """One straight run of 6 steps, checked for every output; then the same run
   stopped after 3 steps and resumed must end bit-identical to it."""
   straight, stdout = tiny_run
   resumed = tmp_path / "resumed"
   assert "dallex: step 6/6" in stdout
-  assert sorted(os.listdir(straight / "checkpoints"), key=int) == ["2", "4", "6"]
+  assert sorted(os.listdir(straight / "checkpoints"), key=int) == [
+      "2",
+      "4",
+      "6",
+  ]
   rows = _train_rows(straight)
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-  assert all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in rows)
+  assert all(
+      np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in rows
+  )
   evals = [r for r in _metrics(straight) if "d_loss" not in r]
   assert [r["step"] for r in evals] == [3, 6]
   for r in evals:
     assert 0.0 <= r["eval/test/object_accuracy"] <= 1.0
     assert 0.0 <= r["eval/test/r_precision"] <= 1.0
-  assert any(name.startswith("events.out.tfevents") for name in os.listdir(straight / "events"))
-  assert sorted(os.listdir(straight / "samples")) == ["step_0000003.png", "step_0000006.png"]
+  assert sorted(os.listdir(straight / "samples")) == [
+      "step_0000003.png",
+      "step_0000006.png",
+  ]
   from PIL import Image
+
   grid = np.asarray(Image.open(straight / "samples" / "step_0000006.png"))
   assert grid.ndim == 3 and grid.shape[0] > 64 and grid.std() > 0
+  # TensorBoard holds the scalars of every step and each sample grid as an image.
+  events = _events(straight / "events")
+  assert {step for step, tag, _ in events if tag == "d_loss"} == {
+      1,
+      2,
+      3,
+      4,
+      5,
+      6,
+  }
+  images = {step: size for step, tag, size in events if tag == "samples"}
+  assert images == {3: grid.shape[1::-1], 6: grid.shape[1::-1]}
   with open(straight / "config.json") as f:
     assert json.load(f)["train"]["steps"] == 6
 
   # Sampling uses its own fixed key, so turning it off changes nothing in training.
-  _train(resumed, data_dir, "--config.train.steps=3", "--config.train.sample_every=0")
-  _train(resumed, data_dir, "--config.train.steps=6", "--config.train.sample_every=0")
+  _train(
+      resumed,
+      data_dir,
+      "--config.train.steps=3",
+      "--config.train.sample_every=0",
+  )
+  _train(
+      resumed,
+      data_dir,
+      "--config.train.steps=6",
+      "--config.train.sample_every=0",
+  )
   step_a, state_a, data_a = _final_params(straight)
   step_b, state_b, data_b = _final_params(resumed)
   assert step_a == step_b == 6 and data_a == data_b
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
     np.testing.assert_array_equal(a, b)  # bit-identical
   # The same data in the same order: the logged losses of steps 4-6 agree exactly.
-  strip = lambda rows: [{k: v for k, v in r.items() if k != "steps_per_s"} for r in rows]
+  strip = lambda rows: [
+      {k: v for k, v in r.items() if k != "steps_per_s"} for r in rows
+  ]
   assert strip(_train_rows(straight)[3:]) == strip(_train_rows(resumed)[3:])
 
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, data_dir):
   workdir = tmp_path / "run"
-  proc = subprocess.Popen(_train_cmd(workdir, data_dir, "--config.train.steps=100000",
-                                     "--config.train.checkpoint_every=0",
-                                     "--config.train.sample_every=0"),
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+      _train_cmd(
+          workdir,
+          data_dir,
+          "--config.train.steps=100000",
+          "--config.train.checkpoint_every=0",
+          "--config.train.sample_every=0",
+      ),
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 300
-  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+  while time.time() < deadline and not (
+      metrics.exists() and metrics.read_text().count("\n") >= 2
+  ):
     time.sleep(0.5)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
@@ -95,36 +172,71 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, data_dir):
   assert "stopped by SIGTERM" in out
   saved = [int(s) for s in os.listdir(workdir / "checkpoints")]
   assert len(saved) == 1 and saved[0] >= 2
-  out = _train(workdir, data_dir, f"--config.train.steps={saved[0] + 2}",
-               "--config.train.sample_every=0")
+  out = _train(
+      workdir,
+      data_dir,
+      f"--config.train.steps={saved[0] + 2}",
+      "--config.train.sample_every=0",
+  )
   assert f"dallex: step {saved[0] + 2}/{saved[0] + 2}" in out.stdout
   assert _metrics(workdir)[-1]["step"] == saved[0] + 2
 
 
 def test_time_limit_saves_and_stops_at_a_log_step(tmp_path, data_dir):
   workdir = tmp_path / "run"
-  out = _train(workdir, data_dir, "--config.train.steps=100000", "--config.train.log_every=2",
-               "--config.train.max_minutes=0.0001", "--config.train.sample_every=0")
-  assert "dallex: step 2/100000 (stopped by the time limit of 0.0001 min)" in out.stdout
+  out = _train(
+      workdir,
+      data_dir,
+      "--config.train.steps=100000",
+      "--config.train.log_every=2",
+      "--config.train.max_minutes=0.0001",
+      "--config.train.sample_every=0",
+  )
+  assert (
+      "dallex: step 2/100000 (stopped by the time limit of 0.0001 min)"
+      in out.stdout
+  )
   assert os.listdir(workdir / "checkpoints") == ["2"]
-  assert os.listdir(workdir / "samples") == ["step_0000002.png"]  # a finished run's grid
+  # A finished run's grid.
+  assert os.listdir(workdir / "samples") == ["step_0000002.png"]
   # The data state of a pipeline read in-process does not fit one read by workers.
-  other = _train(workdir, data_dir, "--config.train.steps=4", "--config.data.num_workers=2",
-                 check=False)
-  assert other.returncode != 0 and "resume with the data.num_workers" in other.stderr
-  assert os.listdir(workdir / "checkpoints") == ["2"]  # the checkpoint is left as it was
-  bad = _train(tmp_path / "bad", data_dir, "--config.train.max_minutes=-1", check=False)
+  other = _train(
+      workdir,
+      data_dir,
+      "--config.train.steps=4",
+      "--config.data.num_workers=2",
+      check=False,
+  )
+  assert (
+      other.returncode != 0
+      and "resume with the data.num_workers" in other.stderr
+  )
+  # The checkpoint is left as it was.
+  assert os.listdir(workdir / "checkpoints") == ["2"]
+  bad = _train(
+      tmp_path / "bad", data_dir, "--config.train.max_minutes=-1", check=False
+  )
   assert bad.returncode != 0 and "train.max_minutes must be >= 0" in bad.stderr
 
 
 def test_repeated_non_finite_steps_stop_the_run(tmp_path, data_dir):
   workdir = tmp_path / "run"
   # An absurd learning rate overflows the parameters after the first update.
-  out = _train(workdir, data_dir, "--config.optim.d.lr=1e30", "--config.optim.g.lr=1e30",
-               "--config.train.steps=20", "--config.train.sample_every=0",
-               "--config.train.checkpoint_every=1", check=False)
+  out = _train(
+      workdir,
+      data_dir,
+      "--config.optim.d.lr=1e30",
+      "--config.optim.g.lr=1e30",
+      "--config.train.steps=20",
+      "--config.train.sample_every=0",
+      "--config.train.checkpoint_every=1",
+      check=False,
+  )
   assert out.returncode != 0
-  assert "NonFiniteError" in out.stderr and "non-finite steps in a row" in out.stderr
+  assert (
+      "NonFiniteError" in out.stderr
+      and "non-finite steps in a row" in out.stderr
+  )
   rows = _metrics(workdir)
   assert rows[-1]["finite"] == 0.0 and rows[-1]["nonfinite_total"] >= 3
   # The loop checks each step after dispatching the next, yet stops at the
@@ -134,13 +246,22 @@ def test_repeated_non_finite_steps_stop_the_run(tmp_path, data_dir):
   assert f"3 non-finite steps in a row (up to step {bad[2]})" in out.stderr
   # Every checkpoint left behind holds finite parameters: the bad steps changed nothing.
   _, state, _ = _final_params(workdir)
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state) if x.dtype.kind == "f")
+  assert all(
+      np.all(np.isfinite(x))
+      for x in jax.tree.leaves(state)
+      if x.dtype.kind == "f"
+  )
 
 
 def test_damaged_checkpoint_is_skipped_for_the_previous_one(tmp_path):
   ckpt = Checkpointer(str(tmp_path / "ckpt"), keep=3, async_save=False)
   for step in (1, 2):
-    ckpt.save(step, {"w": np.full((4,), float(step))}, {"next_index": step}, {"seed": 0})
+    ckpt.save(
+        step,
+        {"w": np.full((4,), float(step))},
+        {"next_index": step},
+        {"seed": 0},
+    )
   ckpt.wait()
   state_dir = tmp_path / "ckpt" / "2" / "state"
   for root, _, files in os.walk(state_dir):
@@ -153,17 +274,65 @@ def test_damaged_checkpoint_is_skipped_for_the_previous_one(tmp_path):
     restored = ckpt.restore_latest(abstract)
   assert restored.step == 1 and restored.data == {"next_index": 1}
   np.testing.assert_array_equal(restored.state["w"], np.full((4,), 1.0))
-  assert any("checkpoint" in str(w.message) and "/2 could not be restored" in str(w.message)
-             for w in caught)
+  assert any(
+      "checkpoint" in str(w.message)
+      and "/2 could not be restored" in str(w.message)
+      for w in caught
+  )
+  # With every checkpoint damaged, an error that names each one, and no fresh start.
+  for root, _, files in os.walk(tmp_path / "ckpt" / "1" / "state"):
+    for name in files:
+      if name != "_METADATA":
+        os.remove(os.path.join(root, name))
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    with pytest.raises(
+        ValueError, match="no checkpoint could be restored"
+    ) as e:
+      ckpt.restore_latest(abstract)
+  assert "ckpt/1: " in str(e.value) and "ckpt/2: " in str(e.value)
+  assert ckpt.all_steps() == [1, 2]
   ckpt.close()
+
+
+def test_a_config_that_fits_no_checkpoint_is_refused_and_changes_nothing(
+    tmp_path, data_dir, tiny_run
+):
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_run[0], workdir)
+  saved = (workdir / "config.json").read_text()
+  before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
+  out = _train(
+      workdir,
+      data_dir,
+      "--config.train.steps=8",
+      "--config.model.generator.width=64",
+      check=False,
+  )
+  assert out.returncode != 0
+  assert (
+      "no checkpoint could be restored" in out.stderr
+      and "checkpoints/6: " in out.stderr
+  )
+  assert (workdir / "config.json").read_text() == saved
+  assert (
+      sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == before
+  )
 
 
 def test_keep_zero_keeps_every_checkpoint_and_negative_is_refused(tmp_path):
   ckpt = Checkpointer(str(tmp_path / "all"), keep=0, async_save=False)
   for step in (1, 2, 3, 4):
-    ckpt.save(step, {"w": np.full((2,), float(step))}, {"next_index": step}, {"seed": 0})
+    ckpt.save(
+        step,
+        {"w": np.full((2,), float(step))},
+        {"next_index": step},
+        {"seed": 0},
+    )
   ckpt.wait()
   assert ckpt.all_steps() == [1, 2, 3, 4]
   ckpt.close()
-  with pytest.raises(ValueError, match=r"keep \(train.keep_checkpoints\) must be >= 0"):
+  with pytest.raises(
+      ValueError, match=r"keep \(train.keep_checkpoints\) must be >= 0"
+  ):
     Checkpointer(str(tmp_path / "bad"), keep=-1)

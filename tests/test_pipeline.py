@@ -13,17 +13,29 @@ from dallex.text import ByteTokenizer
 
 
 def _memory_source(n, captions_per_example=1):
-  data = [{"image": np.full((8, 8, 3), i, np.uint8),
-           "caption": [f"example {i} caption {j}" for j in range(captions_per_example)]}
-          for i in range(n)]
+  data = [
+      {
+          "image": np.full((8, 8, 3), i, np.uint8),
+          "caption": [
+              f"example {i} caption {j}" for j in range(captions_per_example)
+          ],
+      }
+      for i in range(n)
+  ]
   return Source(data, "image", "caption")
 
 
 def _dataset(source, seed=0, batch_size=4, **kwargs):
   kwargs.setdefault("shard_index", 0)
   kwargs.setdefault("shard_count", 1)
-  return pipeline.make_dataset(source, batch_size=batch_size, resolution=8, max_length=32,
-                               seed=seed, **kwargs)
+  return pipeline.make_dataset(
+      source,
+      batch_size=batch_size,
+      resolution=8,
+      max_length=32,
+      seed=seed,
+      **kwargs,
+  )
 
 
 def _captions(batch):
@@ -40,36 +52,29 @@ def _digest(batches):
 
 def test_batches_are_well_formed():
   batch = next(iter(_dataset(_memory_source(10))))
-  assert batch["image"].shape == (4, 8, 8, 3) and batch["image"].dtype == np.float32
+  assert (
+      batch["image"].shape == (4, 8, 8, 3)
+      and batch["image"].dtype == np.float32
+  )
   assert batch["ids"].shape == (4, 32) and batch["ids"].dtype == np.int32
   assert batch["mask"].dtype == bool
   for image, caption in zip(batch["image"], _captions(batch)):
     i = int(caption.split()[1])
-    np.testing.assert_allclose(image, i / 127.5 - 1.0)  # the image stays with its caption
-
-
-def test_hard_negatives_come_with_their_captions_and_change_nothing_else():
-  source = Source(_memory_source(10).data, "image", "caption",
-                  negative_caption=lambda text, rng: f"not {text} {int(rng.integers(10))}")
-  plain = [next(it) for it in [iter(_dataset(source, seed=3))] for _ in range(5)]
-  hard = [next(it) for it in [iter(_dataset(source, seed=3, hard_negatives=True))]
-          for _ in range(5)]
-  for p, h in zip(plain, hard):
-    assert sorted(h) == sorted(p) + ["neg_ids", "neg_mask"]
-    for key in p:
-      np.testing.assert_array_equal(p[key], h[key])
-    negatives = ByteTokenizer(32).decode(h["neg_ids"])
-    assert [n.rsplit(" ", 1)[0] for n in negatives] == [f"not {c}" for c in _captions(h)]
-    assert h["neg_mask"].sum(1).tolist() == [len(n) + 2 for n in negatives]
-  with pytest.raises(ValueError, match="no way to make a hard negative caption"):
-    _dataset(_memory_source(10), hard_negatives=True)
+    # The image stays with its caption.
+    np.testing.assert_allclose(image, i / 127.5 - 1.0)
 
 
 def test_same_seed_same_batches_other_seed_other_batches():
   source = _memory_source(50)
-  first = [next(it) for it in [iter(_dataset(source, seed=3))] for _ in range(20)]
-  again = [next(it) for it in [iter(_dataset(source, seed=3))] for _ in range(20)]
-  other = [next(it) for it in [iter(_dataset(source, seed=4))] for _ in range(20)]
+  first = [
+      next(it) for it in [iter(_dataset(source, seed=3))] for _ in range(20)
+  ]
+  again = [
+      next(it) for it in [iter(_dataset(source, seed=3))] for _ in range(20)
+  ]
+  other = [
+      next(it) for it in [iter(_dataset(source, seed=4))] for _ in range(20)
+  ]
   assert _digest(first) == _digest(again)
   assert _digest(first) != _digest(other)
 
@@ -89,7 +94,9 @@ def test_process_shards_are_disjoint_and_cover_the_data():
   source = _memory_source(40)
   shards = []
   for index in range(2):
-    ds = _dataset(source, batch_size=2, shard_index=index, shard_count=2, num_epochs=1)
+    ds = _dataset(
+        source, batch_size=2, shard_index=index, shard_count=2, num_epochs=1
+    )
     shards.append({int(c.split()[1]) for b in ds for c in _captions(b)})
   assert not shards[0] & shards[1]
   assert shards[0] | shards[1] == set(range(40))
@@ -97,19 +104,24 @@ def test_process_shards_are_disjoint_and_cover_the_data():
 
 def test_a_caption_is_chosen_per_visit_reproducibly():
   source = _memory_source(4, captions_per_example=3)
+
   def chosen(seed):
     it = iter(_dataset(source, seed=seed, batch_size=4))
     return [c for _ in range(30) for c in _captions(next(it))]
+
   picks = chosen(0)
   assert picks == chosen(0)
   for i in range(4):
     assert {c for c in picks if c.startswith(f"example {i} ")} == {
-        f"example {i} caption {j}" for j in range(3)}
+        f"example {i} caption {j}" for j in range(3)
+    }
 
 
 def test_worker_processes_give_the_same_batches_and_resume():
   source = _memory_source(50)
-  expected = [next(it) for it in [iter(_dataset(source, seed=3))] for _ in range(12)]
+  expected = [
+      next(it) for it in [iter(_dataset(source, seed=3))] for _ in range(12)
+  ]
   it = iter(_dataset(source, seed=3, num_workers=2))
   try:
     assert _digest([next(it) for _ in range(8)]) == _digest(expected[:8])
@@ -156,15 +168,30 @@ _RESUME_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_iterator_state_restores_the_exact_continuation_in_a_new_process(tiny_shapes):
+def test_iterator_state_restores_the_exact_continuation_in_a_new_process(
+    tiny_shapes,
+):
   builder, data_dir = tiny_shapes
   source = Source(builder.as_data_source(split="train"), "image", "caption")
-  it = iter(pipeline.make_dataset(source, batch_size=16, resolution=32, max_length=96,
-                                  seed=7, shard_index=0, shard_count=1))
+  it = iter(
+      pipeline.make_dataset(
+          source,
+          batch_size=16,
+          resolution=32,
+          max_length=96,
+          seed=7,
+          shard_index=0,
+          shard_count=1,
+      )
+  )
   for _ in range(45):  # past the first epoch of 37 batches
     next(it)
   state = it.get_state()
   expected = _digest([next(it) for _ in range(5)])
-  out = subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, data_dir, json.dumps(state), "5"],
-                       check=True, capture_output=True, text=True)
+  out = subprocess.run(
+      [sys.executable, "-c", _RESUME_SCRIPT, data_dir, json.dumps(state), "5"],
+      check=True,
+      capture_output=True,
+      text=True,
+  )
   assert out.stdout.strip().splitlines()[-1] == expected

@@ -11,10 +11,19 @@ from conftest import ROOT
 
 def test_same_seed_same_images_across_batch_sizes_and_devices(tmp_path):
   out_path = tmp_path / "images.npz"
-  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
-             + " --xla_force_host_platform_device_count=8")
-  out = subprocess.run([sys.executable, "tests/helpers/seed_invariance.py", str(out_path)],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  env = dict(
+      os.environ,
+      XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+      + " --xla_force_host_platform_device_count=8",
+  )
+  out = subprocess.run(
+      [sys.executable, "tests/helpers/seed_invariance.py", str(out_path)],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   r = dict(np.load(out_path))
   # Float outputs: 1 device vs sharded over 8.
@@ -24,9 +33,12 @@ def test_same_seed_same_images_across_batch_sizes_and_devices(tmp_path):
   # uint8 outputs: batch sizes 8, 3 and 1 (rounding may move a pixel by one level at most).
   for name in ("batch3", "batch1"):
     assert r[name].dtype == np.uint8 and r[name].shape == (8, 32, 32, 3)
-    assert np.abs(r[name].astype(int) - r["batch8"].astype(int)).max() <= 1, name
+    assert (
+        np.abs(r[name].astype(int) - r["batch8"].astype(int)).max() <= 1
+    ), name
   # Another seed, and other indices of one prompt, give other images.
   assert np.abs(r["seed1"].astype(int) - r["batch8"].astype(int)).mean() > 1.0
   repeated = r["repeated"].astype(int)
   assert np.abs(repeated[0] - repeated[1]).mean() > 1.0
-  assert np.abs(repeated[0] - r["batch8"][0].astype(int)).max() <= 1  # index 0, seed 0
+  # Index 0, seed 0.
+  assert np.abs(repeated[0] - r["batch8"][0].astype(int)).max() <= 1

@@ -18,29 +18,43 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_single_jit_sharded_and_pmap_steps_agree_on_8_devices():
-  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
-             + " --xla_force_host_platform_device_count=8")
-  out = subprocess.run([sys.executable, "tests/helpers/parallel_equivalence.py", "8"], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=600)
+  env = dict(
+      os.environ,
+      XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+      + " --xla_force_host_platform_device_count=8",
+  )
+  out = subprocess.run(
+      [sys.executable, "tests/helpers/parallel_equivalence.py", "8"],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["steps"] == 2
   for kind in ("sharded", "pmap"):
     assert result[kind]["param_diff"] < 1e-5, result
-    assert result[kind]["loss_diff"] < 1e-5 * 100, result  # losses are O(1-10): relative 1e-5
+    assert (
+        result[kind]["loss_diff"] < 1e-5 * 100
+    ), result  # losses are O(1-10): relative 1e-5
 
 
 def _tiny_state(resolution=8):
   config = tiny_config(resolution=resolution)
   objective = build_objective(config)
-  opt = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.0, b2=0.99, eps=1e-8, warmup_steps=2,
-                                       clip_norm=1.0))
+  opt = ml_collections.ConfigDict(
+      dict(lr=1e-3, b1=0.0, b2=0.99, eps=1e-8, warmup_steps=2, clip_norm=1.0)
+  )
   tx = train.make_optimizer(opt)
   batch = tiny_batch(config, 4)
-  state = jax.jit(lambda k: train.create_train_state(objective, tx, tx, k, batch))(
-      jax.random.key(0))
-  step_fn = functools.partial(train.train_step, objective=objective, g_tx=tx, d_tx=tx, seed=0,
-                              d_steps=2)
+  state = jax.jit(
+      lambda k: train.create_train_state(objective, tx, tx, k, batch)
+  )(jax.random.key(0))
+  step_fn = functools.partial(
+      train.train_step, objective=objective, g_tx=tx, d_tx=tx, seed=0, d_steps=2
+  )
   return state, step_fn, batch
 
 
@@ -53,37 +67,89 @@ def loop_step():
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   host_state = jax.tree.map(np.asarray, state)
-  return types.SimpleNamespace(step=train.jit_sharded_step(step_fn, mesh), batch=batch,
-                               fresh=lambda: jax.device_put(host_state, replicated),
-                               put=lambda b: jax.device_put(b, rows))
+  return types.SimpleNamespace(
+      step=train.jit_sharded_step(step_fn, mesh),
+      batch=batch,
+      fresh=lambda: jax.device_put(host_state, replicated),
+      put=lambda b: jax.device_put(b, rows),
+  )
 
 
 def test_non_finite_step_changes_nothing_and_is_counted(loop_step):
   step, batch, state = loop_step.step, loop_step.batch, loop_step.fresh()
-  bad = dict(batch, image=np.where(np.arange(batch["image"].size).reshape(batch["image"].shape)
-                                   == 5, np.nan, batch["image"]).astype(np.float32))
+  bad = dict(
+      batch,
+      image=np.where(
+          np.arange(batch["image"].size).reshape(batch["image"].shape) == 5,
+          np.nan,
+          batch["image"],
+      ).astype(np.float32),
+  )
   before = jax.tree.map(np.asarray, state)
   s1, m1 = step(state, loop_step.put(bad))
   assert float(m1["finite"]) == 0.0 and np.isnan(float(m1["d_grad_norm"]))
-  assert int(s1.step) == 1 and int(s1.nonfinite) == 1 and int(s1.nonfinite_total) == 1
-  for a, b in zip(jax.tree.leaves((before.g_params, before.d_params, before.g_opt_state,
-                                   before.d_opt_state, before.ema_params)),
-                  jax.tree.leaves((s1.g_params, s1.d_params, s1.g_opt_state, s1.d_opt_state,
-                                   s1.ema_params))):
+  assert (
+      int(s1.step) == 1
+      and int(s1.nonfinite) == 1
+      and int(s1.nonfinite_total) == 1
+  )
+  for a, b in zip(
+      jax.tree.leaves(
+          (
+              before.g_params,
+              before.d_params,
+              before.g_opt_state,
+              before.d_opt_state,
+              before.ema_params,
+          )
+      ),
+      jax.tree.leaves(
+          (
+              s1.g_params,
+              s1.d_params,
+              s1.g_opt_state,
+              s1.d_opt_state,
+              s1.ema_params,
+          )
+      ),
+  ):
     np.testing.assert_array_equal(a, b)
   s2, _ = step(s1, loop_step.put(bad))
   assert int(s2.nonfinite) == 2
-  s3, m3 = step(s2, loop_step.put(batch))  # a good step resets the run, not the total
-  assert float(m3["finite"]) == 1.0 and int(s3.nonfinite) == 0 and int(s3.nonfinite_total) == 2
-  assert 0 < float(m3["d_grad_norm"]) < np.inf and 0 < float(m3["g_grad_norm"]) < np.inf
-  changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before.g_params),
-                                                      jax.tree.leaves(s3.g_params))]
-  assert all(changed)
+  # A good step resets the run, not the total.
+  s3, m3 = step(s2, loop_step.put(batch))
+  assert (
+      float(m3["finite"]) == 1.0
+      and int(s3.nonfinite) == 0
+      and int(s3.nonfinite_total) == 2
+  )
+  assert (
+      0 < float(m3["d_grad_norm"]) < np.inf
+      and 0 < float(m3["g_grad_norm"]) < np.inf
+  )
+  # The good step moves every parameter but those behind the zero-initialised
+  # style projections (the mapping and the conditioning), which get no
+  # gradient until the projections move.
+  unchanged = lambda a, b: {
+      jax.tree_util.keystr(p)
+      for (p, x), y in zip(
+          jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
+      )
+      if np.array_equal(x, y)
+  }
+  assert unchanged(before.d_params, s3.d_params) == set()
+  still = unchanged(before.g_params, s3.g_params)
+  assert still and all(
+      "mapping_" in p or "conditioning" in p for p in still
+  ), still
 
 
-def test_loop_step_donates_its_state_copies_nothing_and_compiles_once(loop_step):
+def test_loop_step_donates_its_state_copies_nothing_and_compiles_once(
+    loop_step,
+):
   """The old state's buffers are reused (donated), no implicit host<->device
-  transfer happens inside the step, and later steps reuse the first compilation."""
+  transfer happens inside the step, and later steps reuse the first compilation.
+  """
   step, state = loop_step.step, loop_step.fresh()
   compiles = []
 
@@ -92,11 +158,14 @@ def test_loop_step_donates_its_state_copies_nothing_and_compiles_once(loop_step)
     if event == "/jax/core/compile/backend_compile_duration":
       compiles.append(event)
 
-  state, _ = step(state, loop_step.put(loop_step.batch))  # compiled at most here
+  # Compiled at most here.
+  state, _ = step(state, loop_step.put(loop_step.batch))
   jax.monitoring.register_event_duration_secs_listener(listen)
   try:
     for seed in (1, 2, 3):
-      device_batch = loop_step.put(tiny_batch(tiny_config(resolution=8), 4, seed=seed))
+      device_batch = loop_step.put(
+          tiny_batch(tiny_config(resolution=8), 4, seed=seed)
+      )
       old_leaves = jax.tree.leaves(state)
       with jax.transfer_guard("disallow"):
         state, metrics = step(state, device_batch)
@@ -107,21 +176,65 @@ def test_loop_step_donates_its_state_copies_nothing_and_compiles_once(loop_step)
   assert int(state.step) == 4 and float(metrics["finite"]) == 1.0
 
 
+def test_d_steps_updates_the_discriminator_that_often_per_generator_update(
+    loop_step,
+):
+  """The loop's step has d_steps=2: Adam has counted two D updates and one G update."""
+  state, _ = loop_step.step(loop_step.fresh(), loop_step.put(loop_step.batch))
+  counts = lambda opt_state: [
+      int(x.count)
+      for x in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "count"))
+      if hasattr(x, "count")
+  ]
+  assert counts(state.d_opt_state) == [2] and counts(state.g_opt_state) == [1]
+
+
+def test_ema_is_the_warmed_up_average_of_the_updated_generator(loop_step):
+  """ema_t+1 = d_t * ema_t + (1 - d_t) * g_t+1, with d_t = ema_decay(t): the
+  generator after the step's update, not before."""
+  state = loop_step.fresh()
+  ema = jax.tree.map(np.asarray, state.ema_params)
+  for t in range(2):
+    state, _ = loop_step.step(state, loop_step.put(loop_step.batch))
+    decay = float(train.ema_decay(np.int32(t), 0.999))
+    g, new = jax.tree.map(np.asarray, (state.g_params, state.ema_params))
+    assert decay == pytest.approx((1 + t) / (10 + t))
+    expected = jax.tree.map(lambda e, p, d=decay: d * e + (1 - d) * p, ema, g)
+    jax.tree.map(
+        functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7),
+        new,
+        expected,
+    )
+    assert not all(
+        np.allclose(a, b)
+        for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(g))
+    )
+    ema = new
+
+
 def test_batch_must_divide_over_devices():
-  with pytest.raises(ValueError, match="batch_size=10 is not divisible by the 8 devices"):
+  with pytest.raises(
+      ValueError, match="batch_size=10 is not divisible by the 8 devices"
+  ):
     train.check_batch_size(10, 8)
   train.check_batch_size(16, 8)
 
 
 def test_ema_decay_warms_up():
-  decays = [float(train.ema_decay(np.int32(t), 0.999)) for t in (0, 10, 100, 100000)]
-  assert decays[0] == pytest.approx(0.1) and decays[0] < decays[1] < decays[2] < 0.999
+  decays = [
+      float(train.ema_decay(np.int32(t), 0.999)) for t in (0, 10, 100, 100000)
+  ]
+  assert (
+      decays[0] == pytest.approx(0.1)
+      and decays[0] < decays[1] < decays[2] < 0.999
+  )
   assert decays[3] == pytest.approx(0.999)
 
 
 def test_two_processes_train_like_one(tmp_path):
   """jax.distributed on localhost: two processes, each with half of the global batch."""
   import socket
+
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -129,10 +242,18 @@ def test_two_processes_train_like_one(tmp_path):
   # The single-process reference runs alongside: compiling is mostly single-threaded.
   runs = [[str(i), str(tmp_path / f"p{i}.npy"), str(port)] for i in range(2)]
   runs.append(["single", str(tmp_path / "single.npy")])
-  procs = [subprocess.Popen([sys.executable, helper, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for args in runs]
+  procs = [
+      subprocess.Popen(
+          [sys.executable, helper, *args],
+          cwd=ROOT,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for args in runs
+  ]
   outs = [p.communicate(timeout=600) for p in procs]
-  for p, (out, err) in zip(procs, outs):
+  for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert all("devices 2 processes 2 step 3" in out for out, _ in outs[:2])
   assert "devices 1 processes 1 step 3" in outs[2][0]

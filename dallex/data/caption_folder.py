@@ -25,7 +25,7 @@ import json
 import os
 import re
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -44,6 +44,7 @@ class CaptionFolderWarning(UserWarning):
 @dataclasses.dataclass
 class CaptionFolderConfig(tfds.core.BuilderConfig):
   """Which folder, at which resolution."""
+
   path: str = ""
   resolution: int = 64
 
@@ -51,12 +52,17 @@ class CaptionFolderConfig(tfds.core.BuilderConfig):
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """One usable metadata record: a file inside the folder and its captions."""
+
   file_name: str
   captions: tuple[str, ...]
 
 
 def _skip(what: str, why: str) -> None:
-  warnings.warn(f"caption_folder: skipping {what}: {why}", CaptionFolderWarning, stacklevel=3)
+  warnings.warn(
+      f"caption_folder: skipping {what}: {why}",
+      CaptionFolderWarning,
+      stacklevel=3,
+  )
 
 
 def _parse_captions(text) -> tuple[str, ...] | None:
@@ -72,12 +78,15 @@ def _parse_captions(text) -> tuple[str, ...] | None:
 def metadata_path(folder: str) -> str:
   """The folder's metadata file; raises FileNotFoundError naming what is missing."""
   if not os.path.isdir(folder):
-    raise FileNotFoundError(f"caption folder {folder!r} does not exist or is not a directory")
+    raise FileNotFoundError(
+        f"caption folder {folder!r} does not exist or is not a directory"
+    )
   path = os.path.join(folder, METADATA_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"caption folder {folder!r} has no {METADATA_FILE}; expected one JSON object per "
-        'line like {"file_name": "cat.png", "text": "a cat on a mat"}')
+        'line like {"file_name": "cat.png", "text": "a cat on a mat"}'
+    )
   return path
 
 
@@ -106,14 +115,19 @@ def read_metadata(folder: str) -> tuple[list[Entry], int]:
         _skip(where, f"malformed JSON ({e})")
         skipped += 1
         continue
-      if not isinstance(record, dict) or not isinstance(record.get("file_name"), str):
+      if not isinstance(record, dict) or not isinstance(
+          record.get("file_name"), str
+      ):
         _skip(where, 'expected an object with a string "file_name"')
         skipped += 1
         continue
       name = record["file_name"]
       captions = _parse_captions(record.get("text"))
       if captions is None:
-        _skip(f"{where} ({name})", '"text" must be a non-empty string or list of strings')
+        _skip(
+            f"{where} ({name})",
+            '"text" must be a non-empty string or list of strings',
+        )
         skipped += 1
         continue
       full = os.path.realpath(os.path.join(root, name))
@@ -138,8 +152,10 @@ def folder_fingerprint(folder: str) -> str:
   for dirpath, _, files in sorted(os.walk(folder)):
     for name in sorted(files):
       stat = os.stat(os.path.join(dirpath, name))
-      digest.update(f"{os.path.relpath(os.path.join(dirpath, name), folder)}:"
-                    f"{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+      digest.update(
+          f"{os.path.relpath(os.path.join(dirpath, name), folder)}:"
+          f"{stat.st_size}:{stat.st_mtime_ns}\n".encode()
+      )
   return digest.hexdigest()[:12]
 
 
@@ -159,12 +175,15 @@ class CaptionFolder(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(res, res, 3), dtype=np.uint8,
-                                          encoding="zlib"),
-            "captions": tfds.features.Sequence(tfds.features.Text()),
-            "file_name": tfds.features.Text(),
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Tensor(
+                    shape=(res, res, 3), dtype=np.uint8, encoding="zlib"
+                ),
+                "captions": tfds.features.Sequence(tfds.features.Text()),
+                "file_name": tfds.features.Text(),
+            }
+        ),
     )
 
   def _split_generators(self, dl_manager):
@@ -183,22 +202,33 @@ class CaptionFolder(tfds.core.GeneratorBasedBuilder):
         continue
       try:
         image = images.load_image(path, self.builder_config.resolution)
-      except Exception as e:  # PIL raises many types for bad files; all mean "unusable".
+      except (
+          Exception
+      ) as e:  # PIL raises many types for bad files; all mean "unusable".
         _skip(entry.file_name, f"unreadable image ({type(e).__name__}: {e})")
         skipped += 1
         continue
       kept += 1
-      yield entry.file_name, {"image": image, "captions": list(entry.captions),
-                              "file_name": entry.file_name}
-    report = f"caption_folder {folder!r}: kept {kept} examples, skipped {skipped}"
+      yield entry.file_name, {
+          "image": image,
+          "captions": list(entry.captions),
+          "file_name": entry.file_name,
+      }
+    report = (
+        f"caption_folder {folder!r}: kept {kept} examples, skipped {skipped}"
+    )
     logging.info(report)
     print(report, flush=True)
     if kept == 0:
-      raise ValueError(f"caption folder {folder!r} has no usable example (skipped {skipped}); "
-                       "see the warnings above for why each entry was skipped")
+      raise ValueError(
+          f"caption folder {folder!r} has no usable example (skipped {skipped}); "
+          "see the warnings above for why each entry was skipped"
+      )
 
 
-def caption_folder_builder(path: str, resolution: int, data_dir: str) -> CaptionFolder:
+def caption_folder_builder(
+    path: str, resolution: int, data_dir: str
+) -> CaptionFolder:
   """The builder for one folder at one resolution.
 
   The config's name carries the folder's name and fingerprint, so each version
@@ -212,10 +242,19 @@ def caption_folder_builder(path: str, resolution: int, data_dir: str) -> Caption
   metadata_path(folder)
   data_dir = os.path.realpath(os.path.expanduser(data_dir))
   if os.path.commonpath([folder, data_dir]) == folder:
-    raise ValueError(f"data_dir {data_dir!r} lies inside the caption folder {folder!r}; "
-                     "the folder is never written to, so choose a data_dir elsewhere")
-  slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(folder).lower()).strip("_") or "folder"
+    raise ValueError(
+        f"data_dir {data_dir!r} lies inside the caption folder {folder!r}; "
+        "the folder is never written to, so choose a data_dir elsewhere"
+    )
+  slug = (
+      re.sub(r"[^a-z0-9]+", "_", os.path.basename(folder).lower()).strip("_")
+      or "folder"
+  )
   name = f"{slug}_{folder_fingerprint(folder)}_r{resolution}"
-  config = CaptionFolderConfig(name=name, path=folder, resolution=resolution,
-                               description=f"caption folder {folder}")
+  config = CaptionFolderConfig(
+      name=name,
+      path=folder,
+      resolution=resolution,
+      description=f"caption folder {folder}",
+  )
   return CaptionFolder(config=config, data_dir=data_dir)

@@ -17,7 +17,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
   """
   if image.mode == "RGB":
     return image
-  if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+  if image.mode in ("RGBA", "LA", "PA") or (
+      image.mode == "P" and "transparency" in image.info
+  ):
     rgba = image.convert("RGBA")
     background = Image.new("RGBA", rgba.size, _TRANSPARENT_BACKGROUND + (255,))
     return Image.alpha_composite(background, rgba).convert("RGB")
@@ -30,7 +32,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
   return image.convert("RGB")
 
 
-def center_crop_resize(image: Image.Image | np.ndarray, resolution: int) -> np.ndarray:
+def center_crop_resize(
+    image: Image.Image | np.ndarray, resolution: int
+) -> np.ndarray:
   """Centre-crops to a square and resizes to ``resolution``.
 
   Args:
@@ -52,7 +56,11 @@ def center_crop_resize(image: Image.Image | np.ndarray, resolution: int) -> np.n
   left, top = (width - side) // 2, (height - side) // 2
   image = image.crop((left, top, left + side, top + side))
   # Lanczos when shrinking (alias-free), bicubic when enlarging.
-  method = Image.Resampling.LANCZOS if side > resolution else Image.Resampling.BICUBIC
+  method = (
+      Image.Resampling.LANCZOS
+      if side > resolution
+      else Image.Resampling.BICUBIC
+  )
   return np.asarray(image.resize((resolution, resolution), method), np.uint8)
 
 

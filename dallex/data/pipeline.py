@@ -2,8 +2,7 @@
 
     source -> shard by JAX process -> seeded global shuffle -> repeat (reshuffled
     every epoch) -> per example: pick a caption, fit the image, tokenize,
-    normalise [-> a hard negative caption] -> batch (drop remainder) -> prefetch on
-    threads [-> worker processes]
+    normalise -> batch (drop remainder) -> prefetch on threads [-> worker processes]
 
 Everything random is a function of (seed, position in the stream), so the same
 seed gives the same batches, and an iterator's ``get_state()`` restored with
@@ -37,33 +36,45 @@ Batch = dict[str, np.ndarray]
 class _PrepareExample:
   """Turns a raw source example into model inputs (a picklable grain RandomMap)."""
 
-  def __init__(self, source: Source, resolution: int, max_length: int, hard_negatives: bool):
+  def __init__(self, source: Source, resolution: int, max_length: int):
     self.source = source
     self.resolution = resolution
     self.tokenizer = ByteTokenizer(max_length)
-    self.hard_negatives = hard_negatives
 
   def __call__(self, example: dict, rng: np.random.Generator) -> Batch:
     image, captions = self.source.extract(example)
     # One caption per visit, from the seeded per-element rng: each epoch can see
     # a different caption of the same image, reproducibly.
     text = captions[int(rng.integers(len(captions)))]
-    if image.shape[:2] != (self.resolution, self.resolution) or image.ndim != 3 or image.shape[2] != 3:
+    if (
+        image.shape[:2] != (self.resolution, self.resolution)
+        or image.ndim != 3
+        or image.shape[2] != 3
+    ):
       image = center_crop_resize(image, self.resolution)
     ids, mask = self.tokenizer.encode([text])
-    out = {"image": image.astype(np.float32) / 127.5 - 1.0, "ids": ids[0], "mask": mask[0]}
-    if self.hard_negatives:
-      # Drawn after the caption, so the rest of the batch is the same with or without.
-      neg_ids, neg_mask = self.tokenizer.encode([self.source.negative_caption(text, rng)])
-      out.update(neg_ids=neg_ids[0], neg_mask=neg_mask[0])
-    return out
+    return {
+        "image": image.astype(np.float32) / 127.5 - 1.0,
+        "ids": ids[0],
+        "mask": mask[0],
+    }
 
 
-def make_dataset(source: Source, *, batch_size: int, resolution: int, max_length: int,
-                 seed: int, shard_index: int | None = None, shard_count: int | None = None,
-                 shuffle: bool = True, num_epochs: int | None = None, num_threads: int = 2,
-                 prefetch: int = 4, num_workers: int = 0,
-                 hard_negatives: bool = False) -> grain.IterDataset:
+def make_dataset(
+    source: Source,
+    *,
+    batch_size: int,
+    resolution: int,
+    max_length: int,
+    seed: int,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    num_threads: int = 2,
+    prefetch: int = 4,
+    num_workers: int = 0,
+) -> grain.IterDataset:
   """Builds the pipeline for one process.
 
   Args:
@@ -80,38 +91,39 @@ def make_dataset(source: Source, *, batch_size: int, resolution: int, max_length
     num_threads, prefetch: reader threads and batches read ahead (per worker).
     num_workers: reader processes; 0 reads in this process. Workers start by
       pickling ``source`` and importing this module, a few seconds each.
-    hard_negatives: also give each example a hard negative caption
-      (``source.negative_caption``), for the discriminator.
 
   Returns:
     A ``grain.IterDataset`` of dicts: ``image`` float32 [B, R, R, 3] in [-1, 1],
-    ``ids`` int32 [B, L], ``mask`` bool [B, L] (with ``hard_negatives``, also
-    ``neg_ids`` and ``neg_mask``). ``iter()`` it; the iterator has
+    ``ids`` int32 [B, L], ``mask`` bool [B, L]. ``iter()`` it; the iterator has
     ``get_state()`` / ``set_state()``.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   if num_workers < 0:
-    raise ValueError(f"num_workers must be >= 0 (0: read in this process), got {num_workers}")
-  if hard_negatives and source.negative_caption is None:
-    raise ValueError("hard_negatives=True, but this dataset has no way to make a hard "
-                     "negative caption (only dallex_shapes has one)")
+    raise ValueError(
+        f"num_workers must be >= 0 (0: read in this process), got {num_workers}"
+    )
   shard_index = jax.process_index() if shard_index is None else shard_index
   shard_count = jax.process_count() if shard_count is None else shard_count
   if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index {shard_index} must be in [0, shard_count={shard_count})")
+    raise ValueError(
+        f"shard_index {shard_index} must be in [0, shard_count={shard_count})"
+    )
   ds = grain.MapDataset.source(source.data)[shard_index::shard_count]
   if len(ds) < batch_size:
-    raise ValueError(f"shard {shard_index}/{shard_count} holds {len(ds)} examples, fewer "
-                     f"than one batch of {batch_size}")
+    raise ValueError(
+        f"shard {shard_index}/{shard_count} holds {len(ds)} examples, fewer "
+        f"than one batch of {batch_size}"
+    )
   ds = ds.seed(seed)
   if shuffle:
     ds = ds.shuffle()
   ds = ds.repeat(num_epochs)
-  ds = ds.random_map(_PrepareExample(source, resolution, max_length, hard_negatives))
+  ds = ds.random_map(_PrepareExample(source, resolution, max_length))
   ds = ds.batch(batch_size, drop_remainder=True)
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                            prefetch_buffer_size=prefetch))
+  ds = ds.to_iter_dataset(
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+  )
   if num_workers:
     if not flags.FLAGS.is_parsed():
       # Grain's workers read its absl flags (--grain_*); outside an absl app
@@ -119,4 +131,3 @@ def make_dataset(source: Source, *, batch_size: int, resolution: int, max_length
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds
-

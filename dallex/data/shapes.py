@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,17 +37,34 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 SIZES: dict[str, float] = {"small": 0.20, "large": 0.30}
 # Row-major over the 3x3 grid; CELLS[i] sits at row i // 3, column i % 3.
-CELLS: tuple[str, ...] = ("top left", "top", "top right", "left", "center", "right",
-                          "bottom left", "bottom", "bottom right")
+CELLS: tuple[str, ...] = (
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "center",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
+)
 PLACES: dict[str, str] = {
-    "top left": "in the top left", "top": "at the top", "top right": "in the top right",
-    "left": "on the left", "center": "in the center", "right": "on the right",
-    "bottom left": "in the bottom left", "bottom": "at the bottom",
+    "top left": "in the top left",
+    "top": "at the top",
+    "top right": "in the top right",
+    "left": "on the left",
+    "center": "in the center",
+    "right": "on the right",
+    "bottom left": "in the bottom left",
+    "bottom": "at the bottom",
     "bottom right": "in the bottom right",
 }
 # Colour-shape pairs that never occur in `train`; they make up the `heldout` split.
 HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (
-    ("yellow", "triangle"), ("blue", "circle"), ("white", "square"))
+    ("yellow", "triangle"),
+    ("blue", "circle"),
+    ("white", "square"),
+)
 
 COLOUR_JITTER = 12
 SIZE_JITTER = 0.10
@@ -59,9 +76,15 @@ MAX_OBJECTS = 2
 
 # Each named attribute's possible values, in label order.
 _VALUES: dict[str, tuple[str, ...]] = {
-    "colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(SIZES), "cell": CELLS}
+    "colour": tuple(COLOURS),
+    "shape": SHAPES,
+    "size": tuple(SIZES),
+    "cell": CELLS,
+}
 
-TRAIN_PAIRS = tuple((c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELDOUT_PAIRS)
+TRAIN_PAIRS = tuple(
+    (c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELDOUT_PAIRS
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +97,7 @@ class ShapeObject:
     center: (x, y) of the bounding box's centre, as fractions of the canvas.
     side: the bounding box's side, as a fraction of the canvas.
   """
+
   colour: str
   shape: str
   size: str
@@ -85,8 +109,10 @@ class ShapeObject:
   def __post_init__(self):
     for field, table in _VALUES.items():
       if getattr(self, field) not in table:
-        raise ValueError(f"unknown {field} {getattr(self, field)!r}; expected one of "
-                         f"{list(table)}")
+        raise ValueError(
+            f"unknown {field} {getattr(self, field)!r}; expected one of "
+            f"{list(table)}"
+        )
 
 
 def cell_center(cell: str) -> tuple[float, float]:
@@ -95,7 +121,9 @@ def cell_center(cell: str) -> tuple[float, float]:
   return ((col + 0.5) / 3.0, (row + 0.5) / 3.0)
 
 
-def inside(shape: str, x: np.ndarray, y: np.ndarray, half: np.ndarray | float) -> np.ndarray:
+def inside(
+    shape: str, x: np.ndarray, y: np.ndarray, half: np.ndarray | float
+) -> np.ndarray:
   """Whether points at offsets (x, y) from a shape's centre lie inside it, for a
   bounding box of side 2 * half (all broadcast together)."""
   if shape == "circle":
@@ -111,8 +139,12 @@ def inside(shape: str, x: np.ndarray, y: np.ndarray, half: np.ndarray | float) -
 def object_mask(obj: ShapeObject, resolution: int) -> np.ndarray:
   """bool [R, R]: the pixels whose centres lie inside the object (no anti-aliasing)."""
   coords = (np.arange(resolution, dtype=np.float64) + 0.5) / resolution
-  return inside(obj.shape, coords[None, :] - obj.center[0], coords[:, None] - obj.center[1],
-                obj.side / 2.0)
+  return inside(
+      obj.shape,
+      coords[None, :] - obj.center[0],
+      coords[:, None] - obj.center[1],
+      obj.side / 2.0,
+  )
 
 
 def render(objects: Sequence[ShapeObject], resolution: int) -> np.ndarray:
@@ -143,8 +175,12 @@ def caption(objects: Sequence[ShapeObject]) -> str:
 
 _PHRASE = re.compile(
     r"a (?P<size>{}) (?P<colour>{}) (?P<shape>{}) (?P<place>{})".format(
-        "|".join(SIZES), "|".join(COLOURS), "|".join(SHAPES),
-        "|".join(re.escape(p) for p in PLACES.values())))
+        "|".join(SIZES),
+        "|".join(COLOURS),
+        "|".join(SHAPES),
+        "|".join(re.escape(p) for p in PLACES.values()),
+    )
+)
 _CELL_OF_PLACE = {place: cell for cell, place in PLACES.items()}
 
 
@@ -161,44 +197,23 @@ def parse_caption(text: str) -> list[dict[str, str]]:
   for phrase in text.strip().split(" and "):
     match = _PHRASE.fullmatch(phrase)
     if match is None:
-      raise ValueError(f"not a canonical shapes caption: {text!r} (bad part: {phrase!r}); "
-                       "expected 'a {size} {colour} {shape} {place}' joined by ' and '")
-    objects.append(dict(colour=match["colour"], shape=match["shape"], size=match["size"],
-                        cell=_CELL_OF_PLACE[match["place"]]))
+      raise ValueError(
+          f"not a canonical shapes caption: {text!r} (bad part: {phrase!r}); "
+          "expected 'a {size} {colour} {shape} {place}' joined by ' and '"
+      )
+    objects.append(
+        dict(
+            colour=match["colour"],
+            shape=match["shape"],
+            size=match["size"],
+            cell=_CELL_OF_PLACE[match["place"]],
+        )
+    )
   return objects
 
 
 def _phrase(colour: str, shape: str, size: str, cell: str) -> str:
   return f"a {size} {colour} {shape} {PLACES[cell]}"
-
-
-def contrast_caption(text: str, rng: np.random.Generator) -> str:
-  """A hard negative for ``text``: a canonical caption of a different scene that
-  shares almost all its words.
-
-  Two objects that differ in colour, shape or size: one such attribute is
-  swapped between them, so the words are the same and only which object has
-  what changes (a bag-of-words reader cannot tell them apart). Otherwise (one
-  object, or two alike but for their places): one attribute of one object gets
-  another value (a cell not taken by the other object).
-
-  Raises:
-    ValueError: when ``text`` is not a canonical caption.
-  """
-  objects = parse_caption(text)
-  if len(objects) == 2:
-    a, b = objects
-    differ = [f for f in ("colour", "shape", "size") if a[f] != b[f]]
-    if differ:
-      field = differ[int(rng.integers(len(differ)))]
-      a[field], b[field] = b[field], a[field]
-      return " and ".join(_phrase(**o) for o in objects)
-  i = int(rng.integers(len(objects)))
-  field = tuple(_VALUES)[int(rng.integers(len(_VALUES)))]
-  taken = {o[field] for o in objects} if field == "cell" else {objects[i][field]}
-  others = [v for v in _VALUES[field] if v not in taken]
-  objects[i][field] = others[int(rng.integers(len(others)))]
-  return " and ".join(_phrase(**o) for o in objects)
 
 
 def _bbox(obj: ShapeObject, resolution: int) -> np.ndarray:
@@ -216,24 +231,41 @@ def _separated(a: ShapeObject, b: ShapeObject, resolution: int) -> bool:
   return max(gap_x, gap_y) >= GAP_PIXELS
 
 
-def _place(rng: np.random.Generator, colour: str, shape: str, size: str,
-           cell: str) -> ShapeObject:
+def _place(
+    rng: np.random.Generator, colour: str, shape: str, size: str, cell: str
+) -> ShapeObject:
   """Jitters an object's colour, size and position within the spec's ranges."""
-  u = rng.random(6)  # One draw for all six jitters: rng calls dominate build time.
+  # One draw for all six jitters: rng calls dominate build time.
+  u = rng.random(6)
   span = 2 * COLOUR_JITTER + 1
-  rgb = tuple(min(255, max(0, base + int(u[i] * span) - COLOUR_JITTER))
-              for i, base in enumerate(COLOURS[colour]))
+  rgb = tuple(
+      min(255, max(0, base + int(u[i] * span) - COLOUR_JITTER))
+      for i, base in enumerate(COLOURS[colour])
+  )
   side = SIZES[size] * (1.0 + SIZE_JITTER * (2.0 * u[3] - 1.0))
   cx, cy = cell_center(cell)
-  center = (cx + POSITION_JITTER * (2.0 * u[4] - 1.0), cy + POSITION_JITTER * (2.0 * u[5] - 1.0))
-  return ShapeObject(colour, shape, size, cell, rgb, (float(center[0]), float(center[1])),
-                     float(side))
+  center = (
+      cx + POSITION_JITTER * (2.0 * u[4] - 1.0),
+      cy + POSITION_JITTER * (2.0 * u[5] - 1.0),
+  )
+  return ShapeObject(
+      colour,
+      shape,
+      size,
+      cell,
+      rgb,
+      (float(center[0]), float(center[1])),
+      float(side),
+  )
 
 
-def sample_scene(rng: np.random.Generator, resolution: int,
-                 pairs: Sequence[tuple[str, str]] = TRAIN_PAIRS,
-                 first_pairs: Sequence[tuple[str, str]] | None = None,
-                 max_tries: int = 1000) -> list[ShapeObject]:
+def sample_scene(
+    rng: np.random.Generator,
+    resolution: int,
+    pairs: Sequence[tuple[str, str]] = TRAIN_PAIRS,
+    first_pairs: Sequence[tuple[str, str]] | None = None,
+    max_tries: int = 1000,
+) -> list[ShapeObject]:
   """Draws a random scene of 1 or 2 non-overlapping objects.
 
   Args:
@@ -257,13 +289,20 @@ def sample_scene(rng: np.random.Generator, resolution: int,
     attrs.append((colour, shape, size, cell))
   for _ in range(max_tries):
     objects = [_place(rng, *a) for a in attrs]
-    if all(_separated(a, b, resolution)
-           for i, a in enumerate(objects) for b in objects[i + 1:]):
+    if all(
+        _separated(a, b, resolution)
+        for i, a in enumerate(objects)
+        for b in objects[i + 1 :]
+    ):
       return objects
-  raise RuntimeError(f"could not place {attrs} without overlap in {max_tries} tries")
+  raise RuntimeError(
+      f"could not place {attrs} without overlap in {max_tries} tries"
+  )
 
 
-def objects_to_features(objects: Sequence[ShapeObject]) -> dict[str, np.ndarray]:
+def objects_to_features(
+    objects: Sequence[ShapeObject],
+) -> dict[str, np.ndarray]:
   """A scene's structured fields as stored in the dataset: columns padded to MAX_OBJECTS.
 
   Labels are indices into COLOURS, SHAPES, SIZES and CELLS; padding is -1 (0 for
@@ -271,11 +310,15 @@ def objects_to_features(objects: Sequence[ShapeObject]) -> dict[str, np.ndarray]
   """
   pad = MAX_OBJECTS - len(objects)
   if pad < 0:
-    raise ValueError(f"a scene holds at most {MAX_OBJECTS} objects, got {len(objects)}")
+    raise ValueError(
+        f"a scene holds at most {MAX_OBJECTS} objects, got {len(objects)}"
+    )
 
   def labels(field, names):
-    return np.array([list(names).index(getattr(o, field)) for o in objects] + [-1] * pad,
-                    np.int32)
+    return np.array(
+        [list(names).index(getattr(o, field)) for o in objects] + [-1] * pad,
+        np.int32,
+    )
 
   return {
       "colour": labels("colour", COLOURS),
@@ -283,15 +326,23 @@ def objects_to_features(objects: Sequence[ShapeObject]) -> dict[str, np.ndarray]
       "size": labels("size", SIZES),
       "cell": labels("cell", CELLS),
       "rgb": np.array([o.rgb for o in objects] + [(0, 0, 0)] * pad, np.uint8),
-      "center": np.array([o.center for o in objects] + [(0, 0)] * pad, np.float32),
+      "center": np.array(
+          [o.center for o in objects] + [(0, 0)] * pad, np.float32
+      ),
       "side": np.array([o.side for o in objects] + [0] * pad, np.float32),
   }
 
 
-def objects_from_features(features: dict[str, np.ndarray],
-                          num_objects: int) -> list[dict[str, str]]:
+def objects_from_features(
+    features: dict[str, np.ndarray], num_objects: int
+) -> list[dict[str, str]]:
   """Inverse of the label part of ``objects_to_features``: named attributes per object."""
-  return [dict(colour=list(COLOURS)[features["colour"][i]],
-               shape=SHAPES[features["shape"][i]],
-               size=list(SIZES)[features["size"][i]],
-               cell=CELLS[features["cell"][i]]) for i in range(int(num_objects))]
+  return [
+      dict(
+          colour=list(COLOURS)[features["colour"][i]],
+          shape=SHAPES[features["shape"][i]],
+          size=list(SIZES)[features["size"][i]],
+          cell=CELLS[features["cell"][i]],
+      )
+      for i in range(int(num_objects))
+  ]

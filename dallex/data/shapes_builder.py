@@ -25,6 +25,7 @@ _SPLIT_IDS = {"train": 0, "test": 1, "heldout": 2}
 @dataclasses.dataclass
 class ShapesConfig(tfds.core.BuilderConfig):
   """Resolution and split sizes of one build."""
+
   resolution: int = 32
   num_train: int = 50_000
   num_test: int = 2_000
@@ -51,29 +52,48 @@ class DallexShapes(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     res = self.builder_config.resolution
-    M = shapes.MAX_OBJECTS  # pylint: disable=invalid-name
+    M = shapes.MAX_OBJECTS
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        features=tfds.features.FeaturesDict({
-            # zlib: black backgrounds compress ~10x, and it serialises 3x faster
-            # than TFDS's default int64 list.
-            "image": tfds.features.Tensor(shape=(res, res, 3), dtype=np.uint8,
-                                          encoding="zlib"),
-            "caption": tfds.features.Text(),
-            "num_objects": np.int32,
-            # Fixed-size, padded columns (a TFDS Sequence costs 2x the build and
-            # read time). Labels index shapes.COLOURS/SHAPES/SIZES/CELLS; padding is -1.
-            "objects": tfds.features.FeaturesDict({
-                "colour": tfds.features.Tensor(shape=(M,), dtype=np.int32),
-                "shape": tfds.features.Tensor(shape=(M,), dtype=np.int32),
-                "size": tfds.features.Tensor(shape=(M,), dtype=np.int32),
-                "cell": tfds.features.Tensor(shape=(M,), dtype=np.int32),
-                "rgb": tfds.features.Tensor(shape=(M, 3), dtype=np.uint8),
-                "center": tfds.features.Tensor(shape=(M, 2), dtype=np.float32),
-                "side": tfds.features.Tensor(shape=(M,), dtype=np.float32),
-            }),
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                # zlib: black backgrounds compress ~10x, and it serialises 3x faster
+                # than TFDS's default int64 list.
+                "image": tfds.features.Tensor(
+                    shape=(res, res, 3), dtype=np.uint8, encoding="zlib"
+                ),
+                "caption": tfds.features.Text(),
+                "num_objects": np.int32,
+                # Fixed-size, padded columns (a TFDS Sequence costs 2x the build and
+                # read time). Labels index shapes.COLOURS/SHAPES/SIZES/CELLS; padding is -1.
+                "objects": tfds.features.FeaturesDict(
+                    {
+                        "colour": tfds.features.Tensor(
+                            shape=(M,), dtype=np.int32
+                        ),
+                        "shape": tfds.features.Tensor(
+                            shape=(M,), dtype=np.int32
+                        ),
+                        "size": tfds.features.Tensor(
+                            shape=(M,), dtype=np.int32
+                        ),
+                        "cell": tfds.features.Tensor(
+                            shape=(M,), dtype=np.int32
+                        ),
+                        "rgb": tfds.features.Tensor(
+                            shape=(M, 3), dtype=np.uint8
+                        ),
+                        "center": tfds.features.Tensor(
+                            shape=(M, 2), dtype=np.float32
+                        ),
+                        "side": tfds.features.Tensor(
+                            shape=(M,), dtype=np.float32
+                        ),
+                    }
+                ),
+            }
+        ),
         supervised_keys=None,
     )
 

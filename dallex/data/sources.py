@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from dallex.data import caption_folder, shapes, shapes_builder
+from dallex.data import caption_folder, shapes_builder
 
 DEFAULT_DATA_DIR = os.environ.get("DALLEX_DATA_DIR", "~/tensorflow_datasets")
 
@@ -30,7 +31,9 @@ def _lookup(example: dict, key: str) -> Any:
     return example[key]
   head, _, rest = key.partition("/")
   if not rest or head not in example or not isinstance(example[head], dict):
-    raise KeyError(f"example has no field {key!r}; its fields are {sorted(example)}")
+    raise KeyError(
+        f"example has no field {key!r}; its fields are {sorted(example)}"
+    )
   return _lookup(example[head], rest)
 
 
@@ -40,7 +43,9 @@ def _to_str_list(value: Any, key: str) -> list[str]:
     values = [values]
   out = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
   if not out or not all(isinstance(v, str) for v in out):
-    raise TypeError(f"field {key!r} must hold a caption string or a list of them, got {value!r:.80}")
+    raise TypeError(
+        f"field {key!r} must hold a caption string or a list of them, got {value!r:.80}"
+    )
   return out
 
 
@@ -52,21 +57,23 @@ class Source:
     data: supports ``len`` and ``data[i] -> dict`` (a ``tfds.data_source``).
     image_key: '/'-separated path to a uint8 [H, W, C] image.
     caption_key: '/'-separated path to a caption string or a list of them.
-    negative_caption: (caption, rng) -> a hard negative caption (one that
-      describes a different image), where the dataset knows how to make one.
   """
+
   data: Sequence[dict]
-  image_key: str = "image"
-  caption_key: str = "caption"
-  negative_caption: Callable[[str, np.random.Generator], str] | None = None
+  image_key: str
+  caption_key: str
 
   def extract(self, example: dict) -> tuple[np.ndarray, list[str]]:
     """The example's image (uint8 [H, W, C]) and its captions (>= 1 strings)."""
     image = np.asarray(_lookup(example, self.image_key))
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
-      raise TypeError(f"field {self.image_key!r} must be a uint8 image [H, W, C], "
-                      f"got {image.dtype} {image.shape}")
-    return image, _to_str_list(_lookup(example, self.caption_key), self.caption_key)
+      raise TypeError(
+          f"field {self.image_key!r} must be a uint8 image [H, W, C], "
+          f"got {image.dtype} {image.shape}"
+      )
+    return image, _to_str_list(
+        _lookup(example, self.caption_key), self.caption_key
+    )
 
 
 def open_source(data_config, split: str) -> Source:
@@ -80,19 +87,22 @@ def open_source(data_config, split: str) -> Source:
     split: a TFDS split (``train``, ``test[:100]``, ...).
   """
   name = data_config.name
-  data_dir = os.path.expanduser(data_config.get("data_dir") or DEFAULT_DATA_DIR)
+  data_dir = os.path.expanduser(data_config.data_dir or DEFAULT_DATA_DIR)
   if name == "dallex_shapes":
-    builder = shapes_builder.DallexShapes(config=f"r{data_config.resolution}",
-                                          data_dir=data_dir)
+    builder = shapes_builder.DallexShapes(
+        config=f"r{data_config.resolution}", data_dir=data_dir
+    )
     builder.download_and_prepare()
-    return Source(builder.as_data_source(split=split), "image", "caption",
-                  shapes.contrast_caption)
+    return Source(builder.as_data_source(split=split), "image", "caption")
   if name == "caption_folder":
-    if not data_config.get("path"):
-      raise ValueError("data.name='caption_folder' needs data.path, the folder of images "
-                       "and metadata.jsonl (--config.data.path=DIR)")
-    builder = caption_folder.caption_folder_builder(data_config.path, data_config.resolution,
-                                                    data_dir)
+    if not data_config.path:
+      raise ValueError(
+          "data.name='caption_folder' needs data.path, the folder of images "
+          "and metadata.jsonl (--config.data.path=DIR)"
+      )
+    builder = caption_folder.caption_folder_builder(
+        data_config.path, data_config.resolution, data_dir
+    )
     builder.download_and_prepare()
     return Source(builder.as_data_source(split=split), "image", "captions")
   try:
@@ -102,6 +112,6 @@ def open_source(data_config, split: str) -> Source:
       raise
     raise ModuleNotFoundError(
         f"building the TFDS dataset {name!r} needs TensorFlow: pip install 'dallex[tf]' "
-        "(reading an already prepared array_record dataset does not)") from e
-  return Source(data, data_config.get("image_key", "image"),
-                data_config.get("caption_key", "captions/text"))
+        "(reading an already prepared array_record dataset does not)"
+    ) from e
+  return Source(data, data_config.image_key, data_config.caption_key)

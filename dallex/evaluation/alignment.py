@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.ndimage
@@ -41,8 +41,10 @@ FOREGROUND = 80
 # Smallest object: a small triangle, about 0.016 R^2; specks below a third of it are noise.
 MIN_AREA = 0.005
 # Halfway between the largest small side and the smallest large one the spec draws.
-_SIZE_THRESHOLD = (shapes.SIZES["small"] * (1 + shapes.SIZE_JITTER)
-                   + shapes.SIZES["large"] * (1 - shapes.SIZE_JITTER)) / 2.0
+_SIZE_THRESHOLD = (
+    shapes.SIZES["small"] * (1 + shapes.SIZE_JITTER)
+    + shapes.SIZES["large"] * (1 - shapes.SIZE_JITTER)
+) / 2.0
 _PALETTE = np.array(list(shapes.COLOURS.values()), np.float64)
 _MAX_MATCHED = 6  # Blobs considered for matching (the largest); the rest are extras anyway.
 
@@ -50,13 +52,14 @@ _MAX_MATCHED = 6  # Blobs considered for matching (the largest); the rest are ex
 @dataclasses.dataclass(frozen=True)
 class Detected:
   """One object found in an image: named attributes, plus the evidence."""
+
   colour: str
   shape: str
   size: str
   cell: str
   area: int
   side: float  # Fitted template side, as a fraction of the canvas.
-  iou: float   # Fitted template's IoU with the component.
+  iou: float  # Fitted template's IoU with the component.
 
   def attributes(self) -> dict[str, str]:
     return {a: getattr(self, a) for a in ATTRIBUTES}
@@ -65,6 +68,7 @@ class Detected:
 @dataclasses.dataclass(frozen=True)
 class ObjectVerdict:
   """Per intended object: which attributes the image got right."""
+
   colour: bool
   shape: bool
   size: bool
@@ -79,6 +83,7 @@ class ObjectVerdict:
 @dataclasses.dataclass(frozen=True)
 class Verdict:
   """An image against its intended objects."""
+
   objects: tuple[ObjectVerdict, ...]
   extra: int  # Detected objects matched to no intended one.
   detected: tuple[Detected, ...]
@@ -96,8 +101,9 @@ class Verdict:
     return got / (len(ATTRIBUTES) * n) - self.extra / n
 
 
-def _fit_template(component: np.ndarray, box: tuple[slice, slice],
-                  resolution: int) -> tuple[str, float, float]:
+def _fit_template(
+    component: np.ndarray, box: tuple[slice, slice], resolution: int
+) -> tuple[str, float, float]:
   """(shape, side, iou): the spec template that best covers a component mask [R, R].
 
   Candidates are every shape at centres within half a pixel of the bounding
@@ -112,18 +118,26 @@ def _fit_template(component: np.ndarray, box: tuple[slice, slice],
   step = 0.25 / resolution
   offsets = np.arange(-2, 3) * step
   sides = side + np.arange(-6, 7) * step
-  dx, dy, s = (a.ravel() for a in np.meshgrid(offsets, offsets, sides, indexing="ij"))
+  dx, dy, s = (
+      a.ravel() for a in np.meshgrid(offsets, offsets, sides, indexing="ij")
+  )
   # Only a window around the component can differ between templates and component.
   r0, r1 = max(0, rows.start - 2), min(resolution, rows.stop + 2)
   c0, c1 = max(0, cols.start - 2), min(resolution, cols.stop + 2)
   window = component[r0:r1, c0:c1]
-  x = ((np.arange(c0, c1) + 0.5) / resolution)[None, None, :] - (cx + dx)[:, None, None]
-  y = ((np.arange(r0, r1) + 0.5) / resolution)[None, :, None] - (cy + dy)[:, None, None]
+  x = ((np.arange(c0, c1) + 0.5) / resolution)[None, None, :] - (cx + dx)[
+      :, None, None
+  ]
+  y = ((np.arange(r0, r1) + 0.5) / resolution)[None, :, None] - (cy + dy)[
+      :, None, None
+  ]
   half = (s / 2.0)[:, None, None]
   best = ("", 0.0, -1.0)
   for name in shapes.SHAPES:
     t = shapes.inside(name, x, y, half)
-    iou = np.sum(t & window, axis=(1, 2)) / np.maximum(np.sum(t | window, axis=(1, 2)), 1)
+    iou = np.sum(t & window, axis=(1, 2)) / np.maximum(
+        np.sum(t | window, axis=(1, 2)), 1
+    )
     top = float(iou.max())
     if top > best[2] + 1e-9:
       best = (name, float(np.median(s[iou >= top - 1e-9])), top)
@@ -147,17 +161,25 @@ def detect(image: np.ndarray) -> list[Detected]:
     if area < MIN_AREA * resolution * resolution:
       continue
     rgb = np.median(image[component].astype(np.float64), axis=0)
-    colour = list(shapes.COLOURS)[int(np.argmin(np.sum((_PALETTE - rgb) ** 2, axis=1)))]
+    colour = list(shapes.COLOURS)[
+        int(np.argmin(np.sum((_PALETTE - rgb) ** 2, axis=1)))
+    ]
     shape, side, iou = _fit_template(component, box, resolution)
     size = "small" if side < _SIZE_THRESHOLD else "large"
     rows, cols = box
     col = min(2, int((cols.start + cols.stop) / 2.0 / resolution * 3))
     row = min(2, int((rows.start + rows.stop) / 2.0 / resolution * 3))
-    found.append(Detected(colour, shape, size, shapes.CELLS[3 * row + col], area, side, iou))
+    found.append(
+        Detected(
+            colour, shape, size, shapes.CELLS[3 * row + col], area, side, iou
+        )
+    )
   return sorted(found, key=lambda d: -d.area)
 
 
-def _agreement(intended: dict[str, str], detected: Detected) -> tuple[bool, ...]:
+def _agreement(
+    intended: dict[str, str], detected: Detected
+) -> tuple[bool, ...]:
   return tuple(intended[a] == getattr(detected, a) for a in ATTRIBUTES)
 
 
@@ -178,8 +200,11 @@ def check(image: np.ndarray, intended: Sequence[dict[str, str]]) -> Verdict:
   slots = list(range(len(candidates))) + [None] * len(intended)
   best, best_score = None, -1
   for assignment in itertools.permutations(slots, len(intended)):
-    score = sum(sum(_agreement(o, candidates[j])) for o, j in zip(intended, assignment)
-                if j is not None)
+    score = sum(
+        sum(_agreement(o, candidates[j]))
+        for o, j in zip(intended, assignment)
+        if j is not None
+    )
     if score > best_score:
       best, best_score = assignment, score
   verdicts = []
@@ -187,7 +212,9 @@ def check(image: np.ndarray, intended: Sequence[dict[str, str]]) -> Verdict:
     if j is None:
       verdicts.append(ObjectVerdict(False, False, False, False, found=False))
     else:
-      verdicts.append(ObjectVerdict(*_agreement(obj, candidates[j]), found=True))
+      verdicts.append(
+          ObjectVerdict(*_agreement(obj, candidates[j]), found=True)
+      )
   matched = sum(j is not None for j in (best or ()))
   return Verdict(tuple(verdicts), len(detected) - matched, tuple(detected))
 
@@ -209,17 +236,29 @@ def summarize(verdicts: Sequence[Verdict]) -> dict[str, float]:
   two = [v for v in verdicts if len(v.objects) == 2]
   mean = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")
   two_objects = [o for v in two for o in v.objects]
-  out = {f"{a}_accuracy": mean([getattr(o, a) for o in objects]) for a in ATTRIBUTES}
+  out = {
+      f"{a}_accuracy": mean([getattr(o, a) for o in objects])
+      for a in ATTRIBUTES
+  }
   for name, group in (("one", one), ("two", two_objects)):
-    out.update({f"{name}_object_{a}_accuracy": mean([getattr(o, a) for o in group])
-                for a in ATTRIBUTES})
+    out.update(
+        {
+            f"{name}_object_{a}_accuracy": mean([getattr(o, a) for o in group])
+            for a in ATTRIBUTES
+        }
+    )
   out.update(
       object_accuracy=mean([o.right for o in objects]),
       one_object_accuracy=mean([o.right for o in one]),
       two_object_accuracy=mean([o.right for o in two_objects]),
-      two_object_image_accuracy=mean([all(o.right for o in v.objects) for v in two]),
+      two_object_image_accuracy=mean(
+          [all(o.right for o in v.objects) for v in two]
+      ),
       no_extra_rate=mean([v.extra == 0 for v in verdicts]),
       image_accuracy=mean([v.right for v in verdicts]),
-      num_images=len(verdicts), num_objects=len(objects), num_one_object=len(one),
-      num_two_object=len(two))
+      num_images=len(verdicts),
+      num_objects=len(objects),
+      num_one_object=len(one),
+      num_two_object=len(two),
+  )
   return out

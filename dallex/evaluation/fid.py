@@ -19,12 +19,13 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class FeatureStats:
   """Mean [D] and covariance [D, D] (unbiased) of N feature vectors, float64."""
+
   mean: np.ndarray
   cov: np.ndarray
   count: int
 
   @classmethod
-  def from_features(cls, features: np.ndarray) -> "FeatureStats":
+  def from_features(cls, features: np.ndarray) -> FeatureStats:
     f = np.asarray(features, np.float64)
     if f.ndim != 2 or f.shape[0] < 2:
       raise ValueError(f"features must be [N >= 2, D], got {f.shape}")
@@ -52,7 +53,9 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
   inner = np.linalg.eigvalsh(root_a @ b.cov @ root_a)
   trace_sqrt = np.sum(np.sqrt(np.clip(inner, 0.0, None)))
   diff = a.mean - b.mean
-  return float(diff @ diff + np.trace(a.cov) + np.trace(b.cov) - 2.0 * trace_sqrt)
+  return float(
+      diff @ diff + np.trace(a.cov) + np.trace(b.cov) - 2.0 * trace_sqrt
+  )
 
 
 def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
@@ -62,12 +65,20 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
   kyy = (y @ y.T / d + 1.0) ** 3
   kxy = (x @ y.T / d + 1.0) ** 3
   m, n = len(x), len(y)
-  return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-               + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2.0 * kxy.mean())
+  return float(
+      (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+      + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+      - 2.0 * kxy.mean()
+  )
 
 
-def kernel_inception_distance(a: np.ndarray, b: np.ndarray, num_subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kernel_inception_distance(
+    a: np.ndarray,
+    b: np.ndarray,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
   """KID (Binkowski et al. 2018): mean and std of the unbiased MMD^2 over random
   subsets (drawn without replacement within a subset) of both feature sets [N, D].
 
@@ -76,12 +87,20 @@ def kernel_inception_distance(a: np.ndarray, b: np.ndarray, num_subsets: int = 1
   """
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-    raise ValueError(f"features must be [N, D] with the same D, got {a.shape} and {b.shape}")
+    raise ValueError(
+        f"features must be [N, D] with the same D, got {a.shape} and {b.shape}"
+    )
   size = min(subset_size, len(a), len(b))
   if size < 2:
-    raise ValueError(f"KID needs at least 2 features per set, got {len(a)} and {len(b)}")
+    raise ValueError(
+        f"KID needs at least 2 features per set, got {len(a)} and {len(b)}"
+    )
   rng = np.random.default_rng(seed)
-  values = [_mmd2_unbiased(a[rng.choice(len(a), size, replace=False)],
-                           b[rng.choice(len(b), size, replace=False)])
-            for _ in range(num_subsets)]
+  values = [
+      _mmd2_unbiased(
+          a[rng.choice(len(a), size, replace=False)],
+          b[rng.choice(len(b), size, replace=False)],
+      )
+      for _ in range(num_subsets)
+  ]
   return float(np.mean(values)), float(np.std(values))

@@ -11,13 +11,18 @@ beside the shapes checker and FID, never alone.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 
-def r_precision(image_emb: np.ndarray, caption_ids: Sequence[int], text_emb: np.ndarray,
-                num_distractors: int = 99, seed: int = 0) -> tuple[float, np.ndarray]:
+def r_precision(
+    image_emb: np.ndarray,
+    caption_ids: Sequence[int],
+    text_emb: np.ndarray,
+    num_distractors: int = 99,
+    seed: int = 0,
+) -> tuple[float, np.ndarray]:
   """Fraction of images whose own caption outranks ``num_distractors`` others.
 
   Args:
@@ -31,7 +36,9 @@ def r_precision(image_emb: np.ndarray, caption_ids: Sequence[int], text_emb: np.
   Returns:
     (R-precision, per-image margin [N]: true similarity minus the best distractor's).
   """
-  image_emb, text_emb = np.asarray(image_emb, np.float64), np.asarray(text_emb, np.float64)
+  image_emb, text_emb = np.asarray(image_emb, np.float64), np.asarray(
+      text_emb, np.float64
+  )
   caption_ids = np.asarray(caption_ids)
   m = len(text_emb)
   if m < 2:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 class Conditioning(NamedTuple):
   """c: [B, C] the sample; mu, logvar: [B, C] the posterior's parameters."""
+
   c: jax.Array
   mu: jax.Array
   logvar: jax.Array
@@ -28,6 +29,7 @@ class ConditioningAugmentation(nn.Module):
 
   ``augment=False`` (for ablations) returns c = mu: the same projection, no noise.
   """
+
   dim: int
   augment: bool = True
 
@@ -35,7 +37,9 @@ class ConditioningAugmentation(nn.Module):
   def __call__(self, sentence: jax.Array, eps: jax.Array) -> Conditioning:
     if eps.shape[-1] != self.dim:
       raise ValueError(f"eps has {eps.shape[-1]} channels, expected {self.dim}")
-    mu, logvar = jnp.split(nn.Dense(2 * self.dim, dtype=jnp.float32)(sentence), 2, axis=-1)
+    mu, logvar = jnp.split(
+        nn.Dense(2 * self.dim, dtype=jnp.float32)(sentence), 2, axis=-1
+    )
     # Bounded log-variance keeps exp() finite early in training.
     logvar = jnp.clip(logvar, -10.0, 10.0)
     if not self.augment:

@@ -4,8 +4,12 @@ grid with cross-attention to the text -> convolutional upsampling -> image.
     ids, mask --TextEncoder--> tokens [B,L,Dt], sentence [B,Dt]
     sentence, eps --ConditioningAugmentation--> c [B,C]  (+ KL)
     z [B,Z], c --mapping MLP--> w [B,W]
-    learned grid [G*G, D] + w --Transformer (self-attn, cross-attn to tokens, AdaLN(w))-->
-    [B,G,G,D] --upsampling conv blocks (AdaIN(w)), one per doubling--> clip --> [B,R,R,3] in [-1,1]
+    learned grid [G*G, D] --Transformer (self-attn, cross-attn to tokens) [--layout head]-->
+    [B,G,G,D] --upsampling conv blocks (AdaIN(w, grid)), one per doubling--> clip
+    --> [B,R,R,3] in [-1,1]
+
+With ``grid_style`` w is also added to the grid tokens and modulates the grid
+Transformer (AdaLN), the design before RESULTS.md section 16.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from dallex.models.conditioning import Conditioning, ConditioningAugmentation
-from dallex.models.layers import Conv, Dtype, Norm, PointwiseConv, TransformerStack, conv2d
+from dallex.models import cpu_kernels
+from dallex.models.layers import Conv, Dtype, Norm, PointwiseConv, TransformerStack, conv
 from dallex.models.text_encoder import TextEncoder, TextFeatures
 
 
@@ -27,6 +32,7 @@ class GeneratorOutput(NamedTuple):
   """images: [B, R, R, 3] in [-1, 1]; text: the encoder's features; cond: the CA
   sample; layout: [B, G, G, 3], the grid tokens' guess of the image pooled
   over each token's square (with ``layout_head``; else None)."""
+
   images: jax.Array
   text: TextFeatures
   cond: Conditioning
@@ -37,7 +43,9 @@ def num_doublings(resolution: int, start: int) -> int:
   """How many x2 steps lead from ``start`` to ``resolution`` (which must be start * 2^n)."""
   n = int(round(math.log2(resolution / start))) if resolution >= start else -1
   if n < 0 or start * 2**n != resolution:
-    raise ValueError(f"resolution {resolution} must be {start} times a power of two")
+    raise ValueError(
+        f"resolution {resolution} must be {start} times a power of two"
+    )
   return n
 
 
@@ -49,60 +57,33 @@ def upsample2x(x: jax.Array) -> jax.Array:
   scatters: 4x slower forward and backward on CPU for shapes32's up blocks.
   """
   b, h, w, c = x.shape
-  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
-
-
-def _fold_taps(kernel: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-  """A 3x3 kernel's 3 taps along ``axis`` folded to the 2 that each output
-  phase of nearest x2 upsampling then the convolution sees.
-
-  An even output row 2i reads upsampled rows 2i-1, 2i, 2i+1 = input rows
-  i-1, i, i: taps (k0, k1, k2) act on input rows (i-1, i) as (k0, k1 + k2).
-  An odd row 2i+1 reads input rows i, i, i+1: on (i, i+1) as (k0 + k1, k2).
-  Sums of slices, not a product with a 0/1 matrix: a matmul of that shape
-  costs more than the convolution itself at batch 1.
-  """
-  k0, k1, k2 = (jnp.take(kernel, i, axis) for i in range(3))
-  return jnp.stack([k0, k1 + k2], axis), jnp.stack([k0 + k1, k2], axis)
-
-
-def upsample_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """conv3x3(upsample2x(x), kernel) with SAME padding, [B, H, W, Cin] -> [B, 2H, 2W, Cout].
-
-  Each of the four output phases (row and column parity) is a 2x2
-  convolution of the input itself with taps folded from ``kernel`` [3, 3,
-  Cin, Cout] (``_fold_taps``): 16 instead of 36 multiply-adds per input pixel
-  and channel pair, and no 4x larger upsampled input. The same values up to
-  float rounding, zero padding included (a padded upsampled row is a padded
-  input row); on CPU 2x faster forward and backward at shapes32's last up
-  block, batch 64.
-  """
-  b, h, w, _ = x.shape
-  rows = []
-  for a, row_kernel in enumerate(_fold_taps(kernel, 0)):
-    cols = []
-    for c, k in enumerate(_fold_taps(row_kernel, 1)):
-      # Phase 0 reads (i-1, i): pad before; phase 1 reads (i, i+1): pad after.
-      cols.append(conv2d(x, k, ((1 - a, a), (1 - c, c))))
-    rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2 (column phase), Cout]
-  return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, kernel.shape[-1])
+  return jnp.broadcast_to(
+      x[:, :, None, :, None, :], (b, h, 2, w, 2, c)
+  ).reshape(b, 2 * h, 2 * w, c)
 
 
 class UpsampleConv(nn.Module):
-  """``nn.Conv(features, (3, 3))`` applied to ``upsample2x(x)``, computed by
-  ``upsample_conv3x3``; its parameters (names, shapes, initialisers) are
-  ``nn.Conv``'s, so checkpoints of either load into the other."""
+  """``nn.Conv(features, (3, 3))`` applied to ``upsample2x(x)``, on CPU computed
+  without the upsampled map (``cpu_kernels.upsample_conv3x3``); its parameters
+  (names, shapes, initialisers) are ``nn.Conv``'s, so checkpoints of either
+  load into the other."""
+
   features: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x [B, H, W, Cin] -> [B, 2H, 2W, features]."""
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (3, 3, x.shape[-1], self.features))
+    kernel = self.param(
+        "kernel",
+        nn.initializers.lecun_normal(),
+        (3, 3, x.shape[-1], self.features),
+    )
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-    return upsample_conv3x3(x, kernel) + bias
+    if cpu_kernels.active():
+      return cpu_kernels.upsample_conv3x3(x, kernel) + bias
+    return conv(upsample2x(x), kernel, ((1, 1), (1, 1))) + bias
 
 
 @jax.custom_vjp
@@ -146,26 +127,36 @@ class AdaIN(nn.Module):
   cross-attended to the caption, each region can take its own object's colour.
   Both projections start at zero, so the block starts as the identity on IN(x).
   """
+
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, style: jax.Array, local: jax.Array | None = None) -> jax.Array:
+  def __call__(
+      self, x: jax.Array, style: jax.Array, local: jax.Array | None = None
+  ) -> jax.Array:
     """x [B, H, W, C], style [B, S], local [B, G, G, Dl] or None -> [B, H, W, C]."""
     x32 = x.astype(jnp.float32)
-    zero_dense = lambda name=None: nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros,
-                                            dtype=jnp.float32, name=name)
+    zero_dense = lambda name=None: nn.Dense(
+        2 * x.shape[-1],
+        kernel_init=nn.initializers.zeros,
+        dtype=jnp.float32,
+        name=name,
+    )
     modulation = zero_dense()(style)[:, None, None, :]
     if local is not None:
       local = zero_dense("local")(local.astype(jnp.float32))
       modulation = modulation + jax.image.resize(
-          local, (*x.shape[:3], local.shape[-1]), "linear")
+          local, (*x.shape[:3], local.shape[-1]), "linear"
+      )
     scale, shift = jnp.split(modulation, 2, axis=-1)
     # One pass for both statistics (E[x^2] - E[x]^2, as flax's LayerNorm) and
     # the normalisation folded into the modulation, x * a + b: two reads of x
     # instead of four; at the last up block's size on CPU 2.5x faster forward,
     # 4.6x forward and backward.
     mean = x32.mean(axis=(1, 2), keepdims=True)
-    var = jnp.maximum(jnp.square(x32).mean(axis=(1, 2), keepdims=True) - jnp.square(mean), 0.0)
+    var = jnp.maximum(
+        jnp.square(x32).mean(axis=(1, 2), keepdims=True) - jnp.square(mean), 0.0
+    )
     a = jax.lax.rsqrt(var + 1e-5) * (1.0 + scale)
     return (x32 * a + (shift - mean * a)).astype(self.dtype)
 
@@ -174,20 +165,29 @@ class UpBlock(nn.Module):
   """x2 nearest upsampling, then two 3x3 convolutions, each followed by
   AdaIN(w, local) and a leaky ReLU, with a 1x1 skip path. The upsampling and
   the first convolution are computed together (``UpsampleConv``)."""
+
   channels: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, style: jax.Array, local: jax.Array | None = None) -> jax.Array:
+  def __call__(
+      self, x: jax.Array, style: jax.Array, local: jax.Array | None = None
+  ) -> jax.Array:
     """x [B, H, W, Cin], style [B, S], local [B, G, G, Dl] or None -> [B, 2H, 2W, C]."""
     # A 1x1 convolution commutes with nearest upsampling: applied before it,
     # the skip path does a quarter of the work (3-4x faster forward and
     # backward at shapes32's sizes on CPU) and computes the same values.
-    skip = upsample2x(PointwiseConv(self.channels, dtype=self.dtype, name="skip")(x))
-    convs = (UpsampleConv(self.channels, self.dtype, name="conv_0"),
-             Conv(self.channels, dtype=self.dtype, name="conv_1"))
-    for i, conv in enumerate(convs):
-      x = nn.leaky_relu(AdaIN(self.dtype, name=f"norm_{i}")(conv(x), style, local), 0.2)
+    skip = upsample2x(
+        PointwiseConv(self.channels, dtype=self.dtype, name="skip")(x)
+    )
+    convs = (
+        UpsampleConv(self.channels, self.dtype, name="conv_0"),
+        Conv(self.channels, dtype=self.dtype, name="conv_1"),
+    )
+    for i, layer in enumerate(convs):
+      x = nn.leaky_relu(
+          AdaIN(self.dtype, name=f"norm_{i}")(layer(x), style, local), 0.2
+      )
     return (x + skip) / jnp.sqrt(2.0).astype(self.dtype)
 
 
@@ -200,13 +200,13 @@ class Generator(nn.Module):
     z_dim, ca_dim, style_dim: sizes of the noise, the CA sample and the style vector.
     mapping_depth: Dense layers of the mapping MLP.
     grid: G, the side of the image-token grid.
-    width, depth, num_heads, mlp_ratio: the grid Transformer.
+    width, depth, heads, mlp_ratio: the grid Transformer.
     base_channels, min_channels: the first up block has ``base_channels``;
       each further one halves it, down to ``min_channels``.
     conditioning_augmentation: sample c around the caption's mean (off: c = mu).
     local_style: how many up blocks, from the coarsest, have AdaINs that also
       read the grid tokens (see ``AdaIN``), so that their modulation varies
-      over the image; 0 none, True all (as in configs that predate the count).
+      over the image; 0 none.
     layout_head: a linear head on the grid tokens guesses the image's colours
       pooled over each token's square (``GeneratorOutput.layout``), for
       ``loss.layout``: a short path from the real image to the cross-attention
@@ -218,41 +218,48 @@ class Generator(nn.Module):
       token to token over 5,000-fold in trained shapes32 runs, so the grid barely
       told one cell from another (RESULTS.md section 16).
   """
+
   text_encoder: TextEncoder
   resolution: int
-  z_dim: int = 64
-  ca_dim: int = 64
-  style_dim: int = 128
-  mapping_depth: int = 2
-  grid: int = 4
-  width: int = 128
-  depth: int = 2
-  num_heads: int = 4
-  mlp_ratio: int = 4
-  base_channels: int = 128
-  min_channels: int = 32
-  conditioning_augmentation: bool = True
-  local_style: int = 0
-  layout_head: bool = False
-  grid_style: bool = True
-  scan: bool = True
-  remat: bool = False
-  dtype: Dtype = jnp.float32
+  z_dim: int
+  ca_dim: int
+  style_dim: int
+  mapping_depth: int
+  grid: int
+  width: int
+  depth: int
+  heads: int
+  mlp_ratio: int
+  base_channels: int
+  min_channels: int
+  conditioning_augmentation: bool
+  local_style: int
+  layout_head: bool
+  grid_style: bool
+  scan: bool
+  remat: bool
+  dtype: Dtype
 
   def stage_channels(self) -> list[int]:
     """Channels of each up block, derived from the resolution."""
     n = num_doublings(self.resolution, self.grid)
-    return [max(self.min_channels, self.base_channels // 2**i) for i in range(n)]
+    return [
+        max(self.min_channels, self.base_channels // 2**i) for i in range(n)
+    ]
 
   @nn.compact
-  def __call__(self, ids: jax.Array, mask: jax.Array, z: jax.Array,
-               ca_eps: jax.Array) -> GeneratorOutput:
+  def __call__(
+      self, ids: jax.Array, mask: jax.Array, z: jax.Array, ca_eps: jax.Array
+  ) -> GeneratorOutput:
     """ids int32 [B, L], mask bool [B, L], z [B, Z], ca_eps [B, C] -> GeneratorOutput."""
     if z.shape[-1] != self.z_dim:
-      raise ValueError(f"z has {z.shape[-1]} channels, expected z_dim={self.z_dim}")
+      raise ValueError(
+          f"z has {z.shape[-1]} channels, expected z_dim={self.z_dim}"
+      )
     text = self.text_encoder(ids, mask)
-    cond = ConditioningAugmentation(self.ca_dim, self.conditioning_augmentation,
-                                    name="conditioning")(text.sentence, ca_eps)
+    cond = ConditioningAugmentation(
+        self.ca_dim, self.conditioning_augmentation, name="conditioning"
+    )(text.sentence, ca_eps)
     w = jnp.concatenate([z, cond.c], axis=-1)
     for i in range(self.mapping_depth):
       w = nn.leaky_relu(nn.Dense(self.style_dim, name=f"mapping_{i}")(w), 0.2)
@@ -260,32 +267,45 @@ class Generator(nn.Module):
     batch = ids.shape[0]
     # Without grid_style the positions start at unit scale: nothing shared by
     # all tokens drowns them (see the attribute's docstring).
-    grid = self.param("grid_embed", nn.initializers.normal(0.02 if self.grid_style else 1.0),
-                      (self.grid * self.grid, self.width))
+    grid = self.param(
+        "grid_embed",
+        nn.initializers.normal(0.02 if self.grid_style else 1.0),
+        (self.grid * self.grid, self.width),
+    )
     x = jnp.broadcast_to(grid[None], (batch, *grid.shape))
     if self.grid_style:
       x = x + nn.Dense(self.width, name="style_to_grid")(w)[:, None, :]
-    context = nn.Dense(self.width, dtype=self.dtype, name="text_to_context")(text.tokens)
-    x = TransformerStack(self.depth, self.num_heads, self.mlp_ratio, cross_attention=True,
-                         scan=self.scan, remat=self.remat, dtype=self.dtype,
-                         name="transformer")(x.astype(self.dtype), None, context, mask,
-                                             w if self.grid_style else None)
+    context = nn.Dense(self.width, dtype=self.dtype, name="text_to_context")(
+        text.tokens
+    )
+    x = TransformerStack(
+        self.depth,
+        self.heads,
+        self.mlp_ratio,
+        cross_attention=True,
+        scan=self.scan,
+        remat=self.remat,
+        dtype=self.dtype,
+        name="transformer",
+    )(x.astype(self.dtype), None, context, mask, w if self.grid_style else None)
     layout = None
     if self.layout_head:
       # Read through a LayerNorm of its own, not the style-modulated grid_norm:
       # the layout is the caption's, and z should not rescale its guess.
       layout = nn.Dense(3, dtype=jnp.float32, name="layout")(
-          Norm(jnp.float32, name="layout_norm")(x)).reshape(batch, self.grid, self.grid, 3)
+          Norm(jnp.float32, name="layout_norm")(x)
+      ).reshape(batch, self.grid, self.grid, 3)
     x = Norm(self.dtype, name="grid_norm")(x, w)
     x = x.reshape(batch, self.grid, self.grid, self.width)
     grid_tokens = x
     stages = self.stage_channels()
-    local_blocks = len(stages) if self.local_style is True else self.local_style
-    if not 0 <= local_blocks <= len(stages):
-      raise ValueError(f"model.generator.local_style must be between 0 and {len(stages)} "
-                       f"(the up blocks at resolution {self.resolution}), got {self.local_style}")
+    if not 0 <= self.local_style <= len(stages):
+      raise ValueError(
+          f"model.generator.local_style must be between 0 and {len(stages)} "
+          f"(the up blocks at resolution {self.resolution}), got {self.local_style}"
+      )
     for i, channels in enumerate(stages):
-      local = grid_tokens if i < local_blocks else None
+      local = grid_tokens if i < self.local_style else None
       x = UpBlock(channels, self.dtype, name=f"up_{i}")(x, w, local)
     rgb = PointwiseConv(3, dtype=jnp.float32, name="to_rgb")(x)
     return GeneratorOutput(inward_clip(rgb), text, cond, layout)

@@ -1,6 +1,6 @@
 """Building blocks: scaled dot-product attention, convolutions with nn.Conv's
-parameters computed faster on CPU, pre-LN Transformer blocks with optional
-style modulation (AdaLN), and a scanned stack of them.
+parameters (on CPU computed by ``cpu_kernels``), pre-LN Transformer blocks
+with optional style modulation (AdaLN), and a scanned stack of them.
 
 Parameters are float32; ``dtype`` is the compute dtype (float32 or bfloat16).
 Softmax and normalisation statistics are always computed in float32.
@@ -8,22 +8,22 @@ Softmax and normalisation statistics are always computed in float32.
 
 from __future__ import annotations
 
-import functools
-import math
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import flax.linen as nn
 from flax.linen.dtypes import promote_dtype
 import jax
-from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
 
+from dallex.models import cpu_kernels
+
 Dtype = Any
-Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                          mask: jax.Array | None = None) -> jax.Array:
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
   """Scaled dot-product attention: softmax(q k^T / sqrt(d) + mask) v.
 
   The softmax is normalised after the product with ``v``:
@@ -47,9 +47,16 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   q = q / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
   if mask is not None:
-    logits = logits + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
-  weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-  out = jnp.einsum("bhqk,bkhd->bhqd", weights.astype(v.dtype), v).astype(jnp.float32)
+    logits = (
+        logits
+        + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
+    )
+  weights = jnp.exp(
+      logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
+  )
+  out = jnp.einsum("bhqk,bkhd->bhqd", weights.astype(v.dtype), v).astype(
+      jnp.float32
+  )
   out = out / weights.sum(axis=-1, keepdims=True)
   if mask is not None:
     out = out * jnp.any(mask, axis=-1)[:, None, None, None]
@@ -58,21 +65,32 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
 class MultiHeadAttention(nn.Module):
   """Multi-head attention of ``x`` [B, Lq, D] over ``context`` [B, Lk, Dc] (self if None)."""
-  num_heads: int
+
+  heads: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array | None = None,
-               mask: jax.Array | None = None) -> jax.Array:
+  def __call__(
+      self,
+      x: jax.Array,
+      context: jax.Array | None = None,
+      mask: jax.Array | None = None,
+  ) -> jax.Array:
     context = x if context is None else context
     width = x.shape[-1]
-    if width % self.num_heads:
-      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
-    dense = lambda name: nn.DenseGeneral((self.num_heads, width // self.num_heads),
-                                         dtype=self.dtype, name=name)
-    out = dot_product_attention(dense("query")(x), dense("key")(context),
-                                dense("value")(context), mask)
-    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+    if width % self.heads:
+      raise ValueError(
+          f"width {width} is not divisible by the {self.heads} heads"
+      )
+    dense = lambda name: nn.DenseGeneral(
+        (self.heads, width // self.heads), dtype=self.dtype, name=name
+    )
+    out = dot_product_attention(
+        dense("query")(x), dense("key")(context), dense("value")(context), mask
+    )
+    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(
+        out
+    )
 
 
 class PointwiseConv(nn.Module):
@@ -81,6 +99,7 @@ class PointwiseConv(nn.Module):
   of either load into the other, and the same values. XLA:CPU runs a 1x1
   convolution 2-4x slower than the equal dot at the generator's sizes (its
   ``to_rgb`` at [64, 32, 32, 32] -> 3 channels: 1.1 ms against 0.27 ms)."""
+
   features: int
   kernel_init: Callable = nn.initializers.lecun_normal()
   dtype: Dtype = jnp.float32
@@ -88,71 +107,30 @@ class PointwiseConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x [..., Cin] -> [..., features]."""
-    kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features))
+    kernel = self.param(
+        "kernel", self.kernel_init, (1, 1, x.shape[-1], self.features)
+    )
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
     return x @ kernel[0, 0] + bias
 
 
-def _conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-  """XLA's stride-1 convolution, NHWC input, HWIO kernel."""
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-# Input elements (H * W * Cin) per batch chunk of a kernel gradient on CPU.
-_KERNEL_GRAD_CHUNK = 2**17
-
-
-def _by_chunks(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-  """conv(x, kernel), on CPU computed over chunks of the batch of about 2^17
-  input elements each (8 images at 32 px and 16 channels) and concatenated.
-
-  The same values; what it is for is its transpose, the kernel gradient,
-  which is then a sum over the chunks. XLA:CPU's kernel-gradient convolution
-  slows down sharply with the size of its operands, so chunks are up to 3x
-  faster than one convolution over the batch: at [64, 32, 32, 16] 4.0
-  against 11.6 ms, at [32, 32, 32, 32] 6.8 against 18.1 ms (kernel gradient
-  alone, float32, 2-core VM). Elsewhere one convolution.
-  """
-  size = max(1, _KERNEL_GRAD_CHUNK // math.prod(x.shape[1:]))
-  if jax.default_backend() != "cpu" or size >= x.shape[0]:
-    return _conv(x, kernel, padding)
-  return jnp.concatenate([_conv(x[i:i + size], kernel, padding)
-                          for i in range(0, x.shape[0], size)])
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+def conv(
+    x: jax.Array, kernel: jax.Array, padding: cpu_kernels.Padding
+) -> jax.Array:
   """Stride-1 convolution, x [B, H, W, Cin] * kernel [kh, kw, Cin, Cout] with
-  ``padding`` ((top, bottom), (left, right)), whose kernel gradient is summed
-  over chunks of the batch on CPU (``_by_chunks``). The same values and
-  derivatives as ``jax.lax.conv_general_dilated``, up to float rounding, in
-  forward and reverse mode and to any order."""
-  return _conv(x, kernel, padding)
-
-
-def _conv2d_jvp(padding, primals, tangents):
-  """d conv(x, k) = conv(dx, k) + conv(x, dk); reverse mode transposes the
-  second term, taken by chunks, into the chunked kernel gradient."""
-  x, kernel = primals
-  dx, dkernel = tangents
-  y = conv2d(x, kernel, padding)
-  terms = []
-  if not isinstance(dx, SymbolicZero):
-    terms.append(conv2d(dx, kernel, padding))
-  if not isinstance(dkernel, SymbolicZero):
-    terms.append(_by_chunks(x, dkernel, padding))
-  return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
-
-
-conv2d.defjvp(_conv2d_jvp, symbolic_zeros=True)
+  ``padding`` ((top, bottom), (left, right)): XLA's, or on CPU its form with
+  batch-chunked kernel gradients (``cpu_kernels.conv2d``)."""
+  if cpu_kernels.active():
+    return cpu_kernels.conv2d(x, kernel, padding)
+  return cpu_kernels.xla_conv(x, kernel, padding)
 
 
 class Conv(nn.Module):
   """``nn.Conv(features, kernel_size)`` with SAME padding and stride 1, computed
-  by ``conv2d``: the same parameters (names, shapes, initialisers), so
+  by ``conv``: the same parameters (names, shapes, initialisers), so
   checkpoints of either load into the other, and the same values."""
+
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   kernel_init: Callable = nn.initializers.lecun_normal()
@@ -161,16 +139,20 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x [B, H, W, Cin] -> [B, H, W, features]."""
-    kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1],
-                                                     self.features))
+    kernel = self.param(
+        "kernel",
+        self.kernel_init,
+        (*self.kernel_size, x.shape[-1], self.features),
+    )
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
     padding = tuple(((k - 1) // 2, k // 2) for k in self.kernel_size)
-    return conv2d(x, kernel, padding) + bias
+    return conv(x, kernel, padding) + bias
 
 
 class Mlp(nn.Module):
   """Two-layer GELU feed-forward network, ``ratio`` times wider inside."""
+
   ratio: int = 4
   dtype: Dtype = jnp.float32
 
@@ -184,6 +166,7 @@ class Mlp(nn.Module):
 class Norm(nn.Module):
   """LayerNorm in float32, modulated by a style vector when one is given (AdaLN):
   LN(x) * (1 + scale(w)) + shift(w)."""
+
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -193,9 +176,17 @@ class Norm(nn.Module):
     y = nn.LayerNorm(use_scale=False, use_bias=False, dtype=jnp.float32)(x)
     # Zero-initialised so every block starts as a plain (unmodulated) LayerNorm.
     scale, shift = jnp.split(
-        nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros, dtype=jnp.float32)(style),
-        2, axis=-1)
-    return (y * (1.0 + scale[:, None, :]) + shift[:, None, :]).astype(self.dtype)
+        nn.Dense(
+            2 * x.shape[-1],
+            kernel_init=nn.initializers.zeros,
+            dtype=jnp.float32,
+        )(style),
+        2,
+        axis=-1,
+    )
+    return (y * (1.0 + scale[:, None, :]) + shift[:, None, :]).astype(
+        self.dtype
+    )
 
 
 class TransformerBlock(nn.Module):
@@ -204,28 +195,36 @@ class TransformerBlock(nn.Module):
   With ``style`` [B, W] every norm becomes AdaLN, so the style vector modulates
   every sub-layer (the generator); without it, plain LayerNorm (the text encoder).
   """
-  num_heads: int
+
+  heads: int
   mlp_ratio: int = 4
   cross_attention: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None,
-               context: jax.Array | None = None, context_mask: jax.Array | None = None,
-               style: jax.Array | None = None) -> jax.Array:
+  def __call__(
+      self,
+      x: jax.Array,
+      mask: jax.Array | None = None,
+      context: jax.Array | None = None,
+      context_mask: jax.Array | None = None,
+      style: jax.Array | None = None,
+  ) -> jax.Array:
     """x: [B, L, D]; mask: bool [B, L]; context: [B, Lc, Dc]; context_mask: bool [B, Lc]."""
-    x = x + MultiHeadAttention(self.num_heads, self.dtype, name="self_attention")(
-        Norm(self.dtype)(x, style), mask=mask)
+    x = x + MultiHeadAttention(self.heads, self.dtype, name="self_attention")(
+        Norm(self.dtype)(x, style), mask=mask
+    )
     if self.cross_attention:
-      x = x + MultiHeadAttention(self.num_heads, self.dtype, name="cross_attention")(
-          Norm(self.dtype)(x, style), context, context_mask)
+      x = x + MultiHeadAttention(
+          self.heads, self.dtype, name="cross_attention"
+      )(Norm(self.dtype)(x, style), context, context_mask)
     return x + Mlp(self.mlp_ratio, self.dtype)(Norm(self.dtype)(x, style))
 
 
 class _ScanStep(TransformerBlock):
   """TransformerBlock with nn.scan's (carry, inputs) -> (carry, outputs) signature."""
 
-  def __call__(self, x, mask, context, context_mask, style):  # pylint: disable=arguments-differ
+  def __call__(self, x, mask, context, context_mask, style):
     return super().__call__(x, mask, context, context_mask, style), None
 
 
@@ -236,8 +235,9 @@ class TransformerStack(nn.Module):
   Scanned and unscanned stacks compute the same function; their parameters are
   laid out differently (stacked on a leading depth axis when scanned).
   """
+
   depth: int
-  num_heads: int
+  heads: int
   mlp_ratio: int = 4
   cross_attention: bool = False
   scan: bool = True
@@ -245,19 +245,35 @@ class TransformerStack(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None,
-               context: jax.Array | None = None, context_mask: jax.Array | None = None,
-               style: jax.Array | None = None) -> jax.Array:
+  def __call__(
+      self,
+      x: jax.Array,
+      mask: jax.Array | None = None,
+      context: jax.Array | None = None,
+      context_mask: jax.Array | None = None,
+      style: jax.Array | None = None,
+  ) -> jax.Array:
     """Same arguments as TransformerBlock; returns [B, L, D]."""
-    kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-                  cross_attention=self.cross_attention, dtype=self.dtype)
+    kwargs = dict(
+        heads=self.heads,
+        mlp_ratio=self.mlp_ratio,
+        cross_attention=self.cross_attention,
+        dtype=self.dtype,
+    )
     if not self.scan:
       block_cls = nn.remat(TransformerBlock) if self.remat else TransformerBlock
       for i in range(self.depth):
-        x = block_cls(**kwargs, name=f"block_{i}")(x, mask, context, context_mask, style)
+        x = block_cls(**kwargs, name=f"block_{i}")(
+            x, mask, context, context_mask, style
+        )
       return x
     step_cls = nn.remat(_ScanStep) if self.remat else _ScanStep
-    stack = nn.scan(step_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                    in_axes=(nn.broadcast,) * 4, length=self.depth)
+    stack = nn.scan(
+        step_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast,) * 4,
+        length=self.depth,
+    )
     x, _ = stack(**kwargs, name="blocks")(x, mask, context, context_mask, style)
     return x

@@ -33,13 +33,14 @@ import jax
 import jax.numpy as jnp
 
 from dallex.models.conditioning import Conditioning
-from dallex.models.discriminator import ImageFeatures, Judgement
+from dallex.models.discriminator import Judgement
 from dallex.models.generator import GeneratorOutput
 from dallex.models.text_encoder import TextFeatures
 
 
 class SeedTextEncoder(nn.Module):
   """Embedding + GRU; the sentence vector is the GRU state after the last real token."""
+
   vocab_size: int
   emb_dim: int
   hidden_dim: int
@@ -48,8 +49,9 @@ class SeedTextEncoder(nn.Module):
   def __call__(self, ids: jax.Array, mask: jax.Array) -> TextFeatures:
     x = nn.Embed(self.vocab_size, self.emb_dim, name="embedding")(ids)
     lengths = mask.sum(axis=1).astype(jnp.int32)
-    hidden, outputs = nn.RNN(nn.GRUCell(self.hidden_dim), return_carry=True, name="gru")(
-        x, seq_lengths=lengths)
+    hidden, outputs = nn.RNN(
+        nn.GRUCell(self.hidden_dim), return_carry=True, name="gru"
+    )(x, seq_lengths=lengths)
     return TextFeatures(outputs, mask, hidden)
 
 
@@ -59,29 +61,36 @@ class SeedGenerator(nn.Module):
   Same call signature as ``Generator``; ``ca_eps`` is unused (no conditioning
   augmentation in the article), and the KL term is exactly zero.
   """
+
   text_encoder: SeedTextEncoder
   resolution: int
-  z_dim: int = 64
-  hidden_dim: int = 256
+  z_dim: int
+  hidden_dim: int
 
   @nn.compact
-  def __call__(self, ids: jax.Array, mask: jax.Array, z: jax.Array,
-               ca_eps: jax.Array) -> GeneratorOutput:
+  def __call__(
+      self, ids: jax.Array, mask: jax.Array, z: jax.Array, ca_eps: jax.Array
+  ) -> GeneratorOutput:
     del ca_eps
     text = self.text_encoder(ids, mask)
     latent = jnp.concatenate([text.sentence, z], axis=-1)
     hidden = nn.Dense(self.hidden_dim, name="latent_to_hidden")(latent)
     # The projected latent is both the state and the input of the one GRU step.
     _, out = nn.GRUCell(self.hidden_dim, name="gru")(hidden, hidden)
-    pixels = nn.Dense(self.resolution * self.resolution * 3, name="hidden_to_image")(out)
+    pixels = nn.Dense(
+        self.resolution * self.resolution * 3, name="hidden_to_image"
+    )(out)
     images = jnp.tanh(pixels).reshape(-1, self.resolution, self.resolution, 3)
     zeros = jnp.zeros((ids.shape[0], 1), jnp.float32)
-    return GeneratorOutput(images, text, Conditioning(text.sentence, zeros, zeros))
+    return GeneratorOutput(
+        images, text, Conditioning(text.sentence, zeros, zeros)
+    )
 
 
 class SeedDiscriminator(nn.Module):
   """The article's MLP discriminator (512 -> 256 -> 1, LeakyReLU 0.2), returning a
   logit. Same methods as ``Discriminator``; it ignores the text."""
+
   resolution: int
 
   def setup(self):
@@ -92,25 +101,28 @@ class SeedDiscriminator(nn.Module):
   def encode_text(self, ids: jax.Array, mask: jax.Array) -> TextFeatures:
     """The article's discriminator reads no text: empty [B, L, 0] tokens and [B, 0] sentence."""
     b, length = ids.shape
-    return TextFeatures(jnp.zeros((b, length, 0), jnp.float32), mask,
-                        jnp.zeros((b, 0), jnp.float32))
+    return TextFeatures(
+        jnp.zeros((b, length, 0), jnp.float32),
+        mask,
+        jnp.zeros((b, 0), jnp.float32),
+    )
 
-  def features(self, images: jax.Array) -> tuple[ImageFeatures, list[jax.Array]]:
-    """images [B, R, R, 3] -> (ImageFeatures with h [B, 256] and no regions,
-    [both hidden layers])."""
+  def features(self, images: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+    """images [B, R, R, 3] -> (h [B, 256], [both hidden layers])."""
     x = images.reshape(images.shape[0], -1).astype(jnp.float32)
     f1 = nn.leaky_relu(self.fc_0(x), 0.2)
     h = nn.leaky_relu(self.fc_1(f1), 0.2)
-    return ImageFeatures(h, jnp.zeros((h.shape[0], 0, 0), jnp.float32)), [f1, h]
+    return h, [f1, h]
 
-  def heads(self, image: ImageFeatures, text: TextFeatures | None) -> Judgement:
+  def heads(self, h: jax.Array, text: TextFeatures) -> Judgement:
     """The image's (unconditional) logit as a Judgement with empty embeddings."""
     del text
-    logit = self.fc_2(image.pooled)[:, 0]
+    logit = self.fc_2(h)[:, 0]
     empty = jnp.zeros((logit.shape[0], 0), jnp.float32)
     return Judgement(logit, logit, empty, empty, jnp.float32(1.0))
 
-  def __call__(self, images: jax.Array, ids: jax.Array, mask: jax.Array,
-               text: TextFeatures | None = None) -> tuple[Judgement, list[jax.Array]]:
-    image, feats = self.features(images)
-    return self.heads(image, text), feats
+  def __call__(
+      self, images: jax.Array, ids: jax.Array, mask: jax.Array
+  ) -> tuple[Judgement, list[jax.Array]]:
+    h, feats = self.features(images)
+    return self.heads(h, self.encode_text(ids, mask)), feats

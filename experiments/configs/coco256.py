@@ -1,7 +1,8 @@
-r"""COCO captions at 256 px, for a TPU slice or several GPUs (multi-host: add --distributed).
+r"""COCO captions at 256 px, for a TPU slice or several GPUs (multi-host).
 
-    python -m experiments.train --config experiments/configs/coco256.py --workdir gs://BUCKET/coco256 \
-        --config.data.data_dir=~/tensorflow_datasets [--distributed]
+    python -m experiments.train --config experiments/configs/coco256.py \
+        --workdir gs://BUCKET/coco256 --config.data.data_dir=~/tensorflow_datasets \
+        [--distributed]
 
 coco64 with two more up/down blocks and remat in the Transformer stacks.
 Untested at this size so far: expect what coco64 reaches, at 4x the detail.

@@ -2,6 +2,7 @@
 
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 (the test does).
 """
+
 import concurrent.futures
 import functools
 import json
@@ -9,9 +10,9 @@ import sys
 import warnings
 
 warnings.filterwarnings("ignore")
-import jax
-import numpy as np
-import ml_collections
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import ml_collections  # noqa: E402
 
 sys.path.insert(0, "tests")
 from conftest import tiny_batch, tiny_config  # noqa: E402
@@ -24,14 +25,23 @@ objective = build_objective(config)
 # eps=1: Adam's m / (sqrt(v) + eps) turns float32 rounding in near-zero
 # gradients into full-size steps; a large eps compares the parallel arithmetic,
 # not that amplification.
-opt = ml_collections.ConfigDict(dict(lr=1e-2, b1=0.0, b2=0.99, eps=1.0, warmup_steps=0,
-                                     clip_norm=0.0))
+opt = ml_collections.ConfigDict(
+    dict(lr=1e-2, b1=0.0, b2=0.99, eps=1.0, warmup_steps=0, clip_norm=0.0)
+)
 g_tx = d_tx = train.make_optimizer(opt)
 batches = [tiny_batch(config, 8, seed=s) for s in range(2)]
-step_fn = functools.partial(train.train_step, objective=objective, g_tx=g_tx, d_tx=d_tx, seed=0,
-                            d_steps=1, ema=0.999)
-state0 = jax.jit(lambda k: train.create_train_state(objective, g_tx, d_tx, k, batches[0]))(
-    jax.random.key(0))
+step_fn = functools.partial(
+    train.train_step,
+    objective=objective,
+    g_tx=g_tx,
+    d_tx=d_tx,
+    seed=0,
+    d_steps=1,
+    ema=0.999,
+)
+state0 = jax.jit(
+    lambda k: train.create_train_state(objective, g_tx, d_tx, k, batches[0])
+)(jax.random.key(0))
 
 
 def compile_all():
@@ -40,11 +50,15 @@ def compile_all():
   host = jax.tree.map(np.asarray, state0)
   pmapped = train.replicate_for_pmap(host, 8)
   jobs = {
-      "single": lambda: jax.jit(step_fn, donate_argnums=0).lower(host, batches[0]).compile(),
-      "sharded": lambda: train.jit_sharded_step(step_fn, train.data_mesh()).lower(
-          host, batches[0]).compile(),
-      "pmap": lambda: train.pmap_step(step_fn).lower(
-          pmapped, train.shard_for_pmap(batches[0], 8)).compile(),
+      "single": lambda: jax.jit(step_fn, donate_argnums=0)
+      .lower(host, batches[0])
+      .compile(),
+      "sharded": lambda: train.jit_sharded_step(step_fn, train.data_mesh())
+      .lower(host, batches[0])
+      .compile(),
+      "pmap": lambda: train.pmap_step(step_fn)
+      .lower(pmapped, train.shard_for_pmap(batches[0], 8))
+      .compile(),
   }
   with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
     futures = {kind: pool.submit(job) for kind, job in jobs.items()}
@@ -75,11 +89,21 @@ ref_state, ref_losses = run("single")
 out = {}
 for kind in ("sharded", "pmap"):
   state, losses = run(kind)
-  param_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(
-      jax.tree.leaves((ref_state.g_params, ref_state.d_params, ref_state.ema_params)),
-      jax.tree.leaves((state.g_params, state.d_params, state.ema_params))))
-  loss_diff = max(abs(r[k] - l[k]) for r, l in zip(ref_losses, losses) for k in r)
-  out[kind + "_losses"] = [[abs(r[k] - l[k]) for k in sorted(r)] for r, l in zip(ref_losses, losses)]
+  param_diff = max(
+      float(np.max(np.abs(a - b)))
+      for a, b in zip(
+          jax.tree.leaves(
+              (ref_state.g_params, ref_state.d_params, ref_state.ema_params)
+          ),
+          jax.tree.leaves((state.g_params, state.d_params, state.ema_params)),
+      )
+  )
+  loss_diff = max(
+      abs(r[k] - x[k]) for r, x in zip(ref_losses, losses) for k in r
+  )
+  out[kind + "_losses"] = [
+      [abs(r[k] - x[k]) for k in sorted(r)] for r, x in zip(ref_losses, losses)
+  ]
   out[kind] = {"param_diff": param_diff, "loss_diff": loss_diff}
 out["steps"] = int(ref_state.step)
 print(json.dumps(out))

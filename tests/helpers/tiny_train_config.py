@@ -3,6 +3,7 @@
     python -m experiments.train --config tests/helpers/tiny_train_config.py --workdir W \\
         --config.data.data_dir=DIR
 """
+
 import sys
 import os
 
@@ -13,9 +14,20 @@ from conftest import tiny_config  # noqa: E402
 def get_config():
   c = tiny_config(resolution=32)
   c.data.num_threads = 1
-  c.train.update(steps=4, batch_size=8, checkpoint_every=2, log_every=1, sample_every=2,
-                 max_nonfinite=3)
+  c.train.update(
+      steps=4,
+      batch_size=8,
+      checkpoint_every=2,
+      log_every=1,
+      sample_every=2,
+      max_nonfinite=3,
+  )
   c.optim.g.lr = c.optim.d.lr = 1e-3
-  c.sample.update(prompts=["a small red circle on the left", "a large blue square at the top"],
-                  num_per_prompt=2)
+  c.sample.update(
+      prompts=[
+          "a small red circle on the left",
+          "a large blue square at the top",
+      ],
+      num_per_prompt=2,
+  )
   return c

@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import os
 import textwrap
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -42,6 +42,7 @@ class EvalSet:
     intended: [N] each example's objects (``dallex_shapes`` only), else None.
     images: uint8 [N, R, R, 3] real images at the config's resolution.
   """
+
   name: str
   captions: list[str]
   intended: list[list[dict[str, str]]] | None
@@ -64,17 +65,26 @@ def load_eval_set(data_config, split: str, num: int) -> EvalSet:
     images.append(image)
     captions.append(texts[0])
     if data_config.name == "dallex_shapes":
-      intended.append(shapes.objects_from_features(example["objects"], example["num_objects"]))
-  return EvalSet(f"{data_config.name}_r{res}/{split}", captions,
-                 intended if data_config.name == "dallex_shapes" else None,
-                 np.stack(images) if images else np.zeros((0, res, res, 3), np.uint8))
+      intended.append(
+          shapes.objects_from_features(
+              example["objects"], example["num_objects"]
+          )
+      )
+  return EvalSet(
+      f"{data_config.name}_r{res}/{split}",
+      captions,
+      intended if data_config.name == "dallex_shapes" else None,
+      np.stack(images) if images else np.zeros((0, res, res, 3), np.uint8),
+  )
 
 
 @dataclasses.dataclass
 class Evaluation:
   """metrics: name -> number; images: uint8 [N, R, R, 3] generated; captions [N];
   scores [N] (higher is better: checker score, else R-precision margin) and
-  notes [N] (what the checker found wrong) for picking and labelling the worst."""
+  notes [N] (what the checker found wrong) for picking and labelling the worst.
+  """
+
   metrics: dict[str, float]
   images: np.ndarray
   captions: list[str]
@@ -88,49 +98,80 @@ def _verdict_note(verdict: alignment.Verdict) -> str:
     if not o.found:
       wrong.append(f"#{i + 1} missing")
     elif not o.right:
-      wrong.append(f"#{i + 1} " + ",".join(a for a in alignment.ATTRIBUTES if not getattr(o, a)))
+      wrong.append(
+          f"#{i + 1} "
+          + ",".join(a for a in alignment.ATTRIBUTES if not getattr(o, a))
+      )
   if verdict.extra:
     wrong.append(f"{verdict.extra} extra")
   return "; ".join(wrong) or "right"
 
 
-def reference_stats(eval_set: EvalSet, inception: FeatureFn, cache_dir: str | None,
-                    weights_id: str, batch_size: int = 50) -> tuple[fid.FeatureStats, np.ndarray]:
+def reference_stats(
+    eval_set: EvalSet,
+    inception: FeatureFn,
+    cache_dir: str | None,
+    weights_id: str,
+    batch_size: int = 50,
+) -> tuple[fid.FeatureStats, np.ndarray]:
   """Inception statistics and features of the real images, cached per split and weights."""
   path = None
   if cache_dir:
-    key = hashlib.sha1(f"{eval_set.name}|{len(eval_set.images)}|{weights_id}".encode()).hexdigest()
-    path = os.path.join(cache_dir, f"{eval_set.name.replace('/', '_')}_{key[:12]}.npz")
+    key = hashlib.sha1(
+        f"{eval_set.name}|{len(eval_set.images)}|{weights_id}".encode()
+    ).hexdigest()
+    path = os.path.join(
+        cache_dir, f"{eval_set.name.replace('/', '_')}_{key[:12]}.npz"
+    )
     if os.path.exists(path):
       with np.load(path) as f:
         features = f["features"]
       return fid.FeatureStats.from_features(features), features
-  features = inception_features(inception, eval_set.images, batch_size, "real features")
+  features = inception_features(
+      inception, eval_set.images, batch_size, "real features"
+  )
   if path:
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npz"  # written whole, then renamed: a crash leaves no half file
+    # Written whole, then renamed: a crash leaves no half file.
+    tmp = path + ".tmp.npz"
     np.savez(tmp, features=features)
     os.replace(tmp, path)
   return fid.FeatureStats.from_features(features), features
 
 
-def inception_features(inception: FeatureFn, images: np.ndarray, batch_size: int = 50,
-                       desc: str = "features") -> np.ndarray:
+def inception_features(
+    inception: FeatureFn,
+    images: np.ndarray,
+    batch_size: int = 50,
+    desc: str = "features",
+) -> np.ndarray:
   """float64 [N, 2048] in batches of one shape (the last is padded), with a progress bar."""
   out = []
   for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
-    batch = images[start:start + batch_size]
-    out.append(np.asarray(inception(pad_rows(batch, batch_size)), np.float64)[:len(batch)])
+    batch = images[start : start + batch_size]
+    out.append(
+        np.asarray(inception(pad_rows(batch, batch_size)), np.float64)[
+            : len(batch)
+        ]
+    )
   return np.concatenate(out)
 
 
-def evaluate(sampler, eval_set: EvalSet, seed: int = 0, *, inception: FeatureFn | None = None,
-             inception_id: str = "", fid_cache: str | None = None, batch_size: int = 64,
-             num_distractors: int = 99) -> Evaluation:
+def evaluate(
+    sampler,
+    eval_set: EvalSet,
+    seed: int = 0,
+    *,
+    inception: FeatureFn | None = None,
+    inception_id: str = "",
+    fid_cache: str | None = None,
+    batch_size: int = 64,
+    num_distractors: int = 99,
+) -> Evaluation:
   """Generates one image per caption of ``eval_set`` and measures it.
 
   Args:
-    sampler: a ``dallex.sampler.Sampler`` (with its discriminator for R-precision).
+    sampler: a ``dallex.sampling.Sampler`` (with its discriminator for R-precision).
     eval_set: what to generate and compare against.
     seed: the noise seed.
     inception: images -> pool3 features; FID and KID are computed when given.
@@ -141,7 +182,9 @@ def evaluate(sampler, eval_set: EvalSet, seed: int = 0, *, inception: FeatureFn 
   metrics: dict[str, float] = {"num_images": len(images)}
   scores, notes = None, [""] * len(images)
   if eval_set.intended is not None:
-    verdicts = [alignment.check(im, objs) for im, objs in zip(images, eval_set.intended)]
+    verdicts = [
+        alignment.check(im, objs) for im, objs in zip(images, eval_set.intended)
+    ]
     metrics.update(alignment.summarize(verdicts))
     scores = np.array([v.score for v in verdicts])
     notes = [_verdict_note(v) for v in verdicts]
@@ -150,22 +193,42 @@ def evaluate(sampler, eval_set: EvalSet, seed: int = 0, *, inception: FeatureFn 
     if len(distinct) >= 2:
       index = {c: i for i, c in enumerate(distinct)}
       img_emb, txt_emb = sampler.embed(images, distinct, batch_size)
-      value, margins = rprecision.r_precision(img_emb, [index[c] for c in eval_set.captions],
-                                              txt_emb, num_distractors, seed)
+      value, margins = rprecision.r_precision(
+          img_emb,
+          [index[c] for c in eval_set.captions],
+          txt_emb,
+          num_distractors,
+          seed,
+      )
       metrics["r_precision"] = value
-      metrics["r_precision_distractors"] = min(num_distractors, len(distinct) - 1)
+      metrics["r_precision_distractors"] = min(
+          num_distractors, len(distinct) - 1
+      )
       if scores is None:
         scores = margins
   if inception is not None:
-    real_stats, real_features = reference_stats(eval_set, inception, fid_cache, inception_id)
-    fake_features = inception_features(inception, images, desc="generated features")
-    metrics["fid"] = fid.frechet_distance(real_stats, fid.FeatureStats.from_features(fake_features))
-    metrics["kid"], metrics["kid_std"] = fid.kernel_inception_distance(real_features, fake_features)
+    real_stats, real_features = reference_stats(
+        eval_set, inception, fid_cache, inception_id
+    )
+    fake_features = inception_features(
+        inception, images, desc="generated features"
+    )
+    metrics["fid"] = fid.frechet_distance(
+        real_stats, fid.FeatureStats.from_features(fake_features)
+    )
+    metrics["kid"], metrics["kid_std"] = fid.kernel_inception_distance(
+        real_features, fake_features
+    )
   return Evaluation(metrics, images, list(eval_set.captions), scores, notes)
 
 
-def worst_samples_png(result: Evaluation, path: str, num: int = 16, scale: int = 4,
-                      columns: int = 4) -> str | None:
+def worst_samples_png(
+    result: Evaluation,
+    path: str,
+    num: int = 16,
+    scale: int = 4,
+    columns: int = 4,
+) -> str | None:
   """A PNG of the ``num`` lowest-scored samples, each with its caption and what was wrong."""
   if result.scores is None or not len(result.images):
     return None
@@ -175,19 +238,26 @@ def worst_samples_png(result: Evaluation, path: str, num: int = 16, scale: int =
   line_height, lines = 11, 6
   tile_h = res + line_height * lines + 4
   rows = -(-len(order) // columns)
-  sheet = Image.new("RGB", (columns * (width + 4) + 4, rows * (tile_h + 4) + 4), (40, 40, 40))
+  sheet = Image.new(
+      "RGB", (columns * (width + 4) + 4, rows * (tile_h + 4) + 4), (40, 40, 40)
+  )
   draw = ImageDraw.Draw(sheet)
   for k, i in enumerate(order):
     r, c = divmod(k, columns)
     left, top = 4 + c * (width + 4), 4 + r * (tile_h + 4)
-    tile = Image.fromarray(result.images[i]).resize((res, res), Image.Resampling.NEAREST)
+    tile = Image.fromarray(result.images[i]).resize(
+        (res, res), Image.Resampling.NEAREST
+    )
     sheet.paste(tile, (left, top))
-    text = textwrap.wrap(result.captions[i], width // 6)[:lines - 1]
+    text = textwrap.wrap(result.captions[i], width // 6)[: lines - 1]
     if result.notes[i]:
       text.append("-> " + result.notes[i])
     for j, line in enumerate(text[:lines]):
-      draw.text((left, top + res + 2 + j * line_height), line,
-                fill=(255, 200, 120) if line.startswith("->") else (230, 230, 230))
+      draw.text(
+          (left, top + res + 2 + j * line_height),
+          line,
+          fill=(255, 200, 120) if line.startswith("->") else (230, 230, 230),
+      )
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   sheet.save(path)
   return path
@@ -205,7 +275,12 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     cells = []
     for s in splits:
       v = results[s].get(name)
-      cells.append(f"{'-':>12}" if v is None else
-                   f"{v:>12d}" if isinstance(v, int) else f"{v:>12.4f}")
+      cells.append(
+          f"{'-':>12}"
+          if v is None
+          else f"{v:>12d}"
+          if isinstance(v, int)
+          else f"{v:>12.4f}"
+      )
     lines.append(f"{name:<{width}}" + "".join(cells))
   return "\n".join(lines)
