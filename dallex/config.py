@@ -21,6 +21,14 @@ def default_config() -> ml_collections.ConfigDict:
   """
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # The byte-level text encoder (G's; D's is narrower, below), with
+  # conv_layers residual convolutions of width conv_kernel over the bytes
+  # before the Transformer (0: none; section 14).
+  text = dict(max_length=96, width=64, depth=2, heads=4, mlp_ratio=4)
+  text.update(conv_kernel=11, conv_layers=2)
+  generator = dict(style_dim=128, mapping_depth=2, grid=4, width=64, depth=2)
+  # min_channels: 32 channels at 32 px rather than 16 (section 9).
+  generator.update(heads=4, mlp_ratio=4, base_channels=64, min_channels=32)
 
   c.data = ml_collections.ConfigDict(
       dict(
@@ -45,27 +53,9 @@ def default_config() -> ml_collections.ConfigDict:
           remat=False,
           z_dim=64,
           ca_dim=64,
-          # Byte-level text encoder; conv_layers residual convolutions of width
-          # conv_kernel over the bytes before the Transformer (0: none; section 14).
-          text=dict(
-              max_length=96,
-              width=64,
-              depth=2,
-              heads=4,
-              mlp_ratio=4,
-              conv_kernel=11,
-              conv_layers=2,
-          ),
+          text=text,
           generator=dict(
-              style_dim=128,
-              mapping_depth=2,
-              grid=4,
-              width=64,
-              depth=2,
-              heads=4,
-              mlp_ratio=4,
-              base_channels=64,
-              min_channels=32,  # 32 at 32 px rather than 16: section 9
+              generator,
               conditioning_augmentation=False,  # the article's VAE latent; on: set loss.kl (8, 19)
               local_style=2,  # up blocks (from the coarsest) whose AdaIN reads the grid (17)
               layout_head=True,  # the grid tokens guess the coarse image (loss.layout; 16)
@@ -77,15 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
               hidden=128,
               embed_dim=64,
               # D's own text encoder, trained on real pairs through its heads.
-              text=dict(
-                  max_length=96,
-                  width=32,
-                  depth=1,
-                  heads=2,
-                  mlp_ratio=4,
-                  conv_kernel=11,
-                  conv_layers=2,
-              ),
+              text=dict(text, width=32, depth=1, heads=2),
           ),
           # arch="seed": the article's GRU/MLP sizes.
           seed=dict(emb_dim=64, hidden_dim=256),

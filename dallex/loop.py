@@ -21,7 +21,6 @@ and images, and all take part in checkpoints.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -222,15 +221,7 @@ def train_and_evaluate(
       )
   start = int(state.step)
 
-  step_fn = functools.partial(
-      train.train_step,
-      objective=objective,
-      g_tx=g_tx,
-      d_tx=d_tx,
-      seed=config.seed,
-      d_steps=t.d_steps,
-      ema=t.ema,
-  )
+  step_fn = train.configured_step(config, objective, g_tx, d_tx)
   if t.parallel == "pmap":
     compiled = train.pmap_step(step_fn)
     local = jax.local_device_count()

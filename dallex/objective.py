@@ -117,6 +117,14 @@ class GanObjective:
     """D's view of the captions: TextFeatures from its own text encoder."""
     return self._d(d_params, "encode_text", batch["ids"], batch["mask"])
 
+  def _info_nce(self, judgement, logit_scale, axis_name):
+    """InfoNCE of the judged images' and captions' embeddings, over the global batch."""
+    return losses.info_nce(
+        self._gather(judgement.img_emb, axis_name),
+        self._gather(judgement.txt_emb, axis_name),
+        logit_scale,
+    )
+
   def _logit_scale(self, judgement):
     if self.loss.learn_temperature:
       return judgement.logit_scale
@@ -183,11 +191,7 @@ class GanObjective:
       total += self.loss.magp_weight * magp
       metrics["d_magp"] = magp
     if self.loss.contrastive_d:
-      nce = losses.info_nce(
-          self._gather(j_real.img_emb, axis_name),
-          self._gather(j_real.txt_emb, axis_name),
-          self._logit_scale(j_real),
-      )
+      nce = self._info_nce(j_real, self._logit_scale(j_real), axis_name)
       total += self.loss.contrastive_d * nce
       metrics["d_contrastive"] = nce
     metrics["d_loss"] = total
@@ -236,11 +240,7 @@ class GanObjective:
       total += self.loss.layout * layout
       metrics["g_layout"] = layout
     if self.loss.contrastive_g:
-      nce = losses.info_nce(
-          self._gather(j_fake.img_emb, axis_name),
-          self._gather(j_fake.txt_emb, axis_name),
-          j_fake.logit_scale,
-      )
+      nce = self._info_nce(j_fake, j_fake.logit_scale, axis_name)
       total += self.loss.contrastive_g * nce
       metrics["g_contrastive"] = nce
     if self.loss.kl:

@@ -194,6 +194,20 @@ def train_step(
   return new_state, metrics
 
 
+def configured_step(config, objective: GanObjective, g_tx, d_tx) -> Callable:
+  """``train_step`` with the config's seed, D updates per step and EMA decay
+  bound: ``(state, batch[, axis_name]) -> (state, metrics)``, to compile."""
+  return functools.partial(
+      train_step,
+      objective=objective,
+      g_tx=g_tx,
+      d_tx=d_tx,
+      seed=config.seed,
+      d_steps=config.train.d_steps,
+      ema=config.train.ema,
+  )
+
+
 # -- compiled forms ---------------------------------------------------------
 
 

@@ -180,15 +180,7 @@ def _train_setup(config, devices=None):
       lambda k: train.create_train_state(objective, g_tx, d_tx, k, batch),
       out_shardings=replicated,
   )(jax.random.key(0))
-  step_fn = functools.partial(
-      train.train_step,
-      objective=objective,
-      g_tx=g_tx,
-      d_tx=d_tx,
-      seed=config.seed,
-      d_steps=t.d_steps,
-      ema=t.ema,
-  )
+  step_fn = train.configured_step(config, objective, g_tx, d_tx)
   return (
       train.jit_sharded_step(step_fn, mesh),
       state,
@@ -645,15 +637,7 @@ def bench_compile(config, depths: list[int]) -> dict:
         jax.random.key(0),
     )
     step = train.jit_sharded_step(
-        functools.partial(
-            train.train_step,
-            objective=objective,
-            g_tx=g_tx,
-            d_tx=d_tx,
-            seed=0,
-            d_steps=c.train.d_steps,
-            ema=c.train.ema,
-        ),
+        train.configured_step(c, objective, g_tx, d_tx),
         train.data_mesh(jax.devices()[:1]),
     )
     start = time.perf_counter()

@@ -61,19 +61,11 @@ def shared_dir(tmp_path_factory, name: str, build) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_shapes(tmp_path_factory):
   """A small ``dallex_shapes`` build at 32 px: (builder, data_dir)."""
-  from dallex.data.shapes_builder import DallexShapes, ShapesConfig
-
   data_dir = str(tmp_path_factory.mktemp("tiny_shapes"))
-  config = ShapesConfig(
-      name="r32_tiny",
-      resolution=32,
-      num_train=600,
-      num_test=100,
-      num_heldout=100,
+  return (
+      shapes_build(data_dir, "r32_tiny", 32, 100, 100, num_train=600),
+      data_dir,
   )
-  builder = DallexShapes(config=config, data_dir=data_dir)
-  builder.download_and_prepare()
-  return builder, data_dir
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +80,62 @@ def full_shapes_r32(tmp_path_factory):
       config="r32",
       data_dir=str(shared_dir(tmp_path_factory, "shapes_r32", build)),
   )
+
+
+def run_python(*args, devices=None, env=None, timeout=600, check=False):
+  """``python *args`` in the repository root, its output captured as text.
+
+  Args:
+    devices: XLA shows this many host-platform devices (the suite's flags kept).
+    env: the environment (default: this process's).
+    check: assert it exits 0, showing the end of its stderr otherwise.
+  """
+  env = dict(os.environ if env is None else env)
+  if devices:
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "")
+        + f" --xla_force_host_platform_device_count={devices}"
+    )
+  out = subprocess.run(
+      [sys.executable, *args],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
+  if check:
+    assert out.returncode == 0, out.stderr[-4000:]
+  return out
+
+
+def shapes_build(
+    data_dir, name, resolution, num_test, num_heldout, num_train=8
+):
+  """A ``dallex_shapes`` build of the given split sizes (its examples are the
+  full build's first ones: each is seeded by its split and index)."""
+  from dallex.data.shapes_builder import DallexShapes, ShapesConfig
+
+  config = ShapesConfig(
+      name=name,
+      resolution=resolution,
+      num_train=num_train,
+      num_test=num_test,
+      num_heldout=num_heldout,
+  )
+  builder = DallexShapes(config=config, data_dir=str(data_dir))
+  builder.download_and_prepare()
+  return builder
+
+
+def one_shard_dataset(source, **kwargs):
+  """``pipeline.make_dataset`` as one process of one reads it: batches of 4,
+  8 px, captions of 32 tokens, seed 0, unless ``kwargs`` say otherwise."""
+  from dallex.data import pipeline
+
+  defaults = dict(batch_size=4, resolution=8, max_length=32, seed=0)
+  kwargs = defaults | dict(shard_index=0, shard_count=1) | kwargs
+  return pipeline.make_dataset(source, **kwargs)
 
 
 def train_cmd(workdir, data_dir, *overrides):
@@ -105,16 +153,7 @@ def train_cmd(workdir, data_dir, *overrides):
 
 def train_cli(workdir, data_dir, *overrides, check=True):
   """Runs ``train_cmd`` to the end; asserts success unless ``check`` is False."""
-  out = subprocess.run(
-      train_cmd(workdir, data_dir, *overrides),
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=600,
-  )
-  if check:
-    assert out.returncode == 0, out.stderr[-4000:]
-  return out
+  return run_python(*train_cmd(workdir, data_dir, *overrides)[1:], check=check)
 
 
 @pytest.fixture(scope="session")

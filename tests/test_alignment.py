@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from conftest import shapes_build
 from dallex.data import shapes
 from dallex.evaluation import alignment
 
@@ -41,20 +42,9 @@ def _intended(objects):
 def shapes_r64(tmp_path_factory):
   """The first 1,000 `test` and `heldout` examples of the 64-pixel build (each
   example is seeded by its split and index, so they are the full build's)."""
-  from dallex.data.shapes_builder import DallexShapes, ShapesConfig
-
-  config = ShapesConfig(
-      name="r64_eval",
-      resolution=64,
-      num_train=8,
-      num_test=1000,
-      num_heldout=1000,
+  return shapes_build(
+      tmp_path_factory.mktemp("shapes_r64"), "r64_eval", 64, 1000, 1000
   )
-  builder = DallexShapes(
-      config=config, data_dir=str(tmp_path_factory.mktemp("shapes_r64"))
-  )
-  builder.download_and_prepare()
-  return builder
 
 
 @pytest.mark.parametrize(

@@ -9,24 +9,15 @@ experiment scripts imported by the suite define too.
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import run_python
 
 
 def _probe(code: str) -> dict:
   """Runs ``code`` in a fresh Python and returns the JSON its last line prints."""
-  run = subprocess.run(
-      [sys.executable, "-c", code],
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=600,
-  )
-  assert run.returncode == 0, run.stderr[-3000:]
+  run = run_python("-c", code, check=True)
   return json.loads(run.stdout.strip().splitlines()[-1])
 
 

@@ -70,6 +70,12 @@ def _events(folder):
   return out
 
 
+def _fails(out, *phrases):
+  """The run exited with an error whose stderr holds every phrase."""
+  assert out.returncode != 0
+  assert all(p in out.stderr for p in phrases), out.stderr[-3000:]
+
+
 def _train_rows(workdir):
   return [r for r in _metrics(workdir) if "d_loss" in r]
 
@@ -222,21 +228,11 @@ def test_time_limit_saves_and_stops_at_a_log_step(tmp_path, data_dir):
 def test_repeated_non_finite_steps_stop_the_run(tmp_path, data_dir):
   workdir = tmp_path / "run"
   # An absurd learning rate overflows the parameters after the first update.
-  out = _train(
-      workdir,
-      data_dir,
-      "--config.optim.d.lr=1e30",
-      "--config.optim.g.lr=1e30",
-      "--config.train.steps=20",
-      "--config.train.sample_every=0",
-      "--config.train.checkpoint_every=1",
-      check=False,
-  )
-  assert out.returncode != 0
-  assert (
-      "NonFiniteError" in out.stderr
-      and "non-finite steps in a row" in out.stderr
-  )
+  out = _train(workdir, data_dir, "--config.optim.d.lr=1e30",
+               "--config.optim.g.lr=1e30", "--config.train.steps=20",
+               "--config.train.sample_every=0", "--config.train.checkpoint_every=1",
+               check=False)  # fmt: skip
+  _fails(out, "NonFiniteError", "non-finite steps in a row")
   rows = _metrics(workdir)
   assert rows[-1]["finite"] == 0.0 and rows[-1]["nonfinite_total"] >= 3
   # The loop checks each step after dispatching the next, yet stops at the
@@ -302,18 +298,9 @@ def test_a_config_that_fits_no_checkpoint_is_refused_and_changes_nothing(
   shutil.copytree(tiny_run[0], workdir)
   saved = (workdir / "config.json").read_text()
   before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
-  out = _train(
-      workdir,
-      data_dir,
-      "--config.train.steps=8",
-      "--config.model.generator.width=64",
-      check=False,
-  )
-  assert out.returncode != 0
-  assert (
-      "no checkpoint could be restored" in out.stderr
-      and "checkpoints/6: " in out.stderr
-  )
+  out = _train(workdir, data_dir, "--config.train.steps=8",
+               "--config.model.generator.width=64", check=False)  # fmt: skip
+  _fails(out, "no checkpoint could be restored", "checkpoints/6: ")
   assert (workdir / "config.json").read_text() == saved
   assert (
       sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == before

@@ -117,6 +117,20 @@ def test_upsampling_copies_each_pixel_to_a_2x2_block_and_sums_its_gradient_back(
   )
 
 
+def _like_reference(module, reference, x, reference_x=None, scale=1.0):
+  """``module``'s parameters for ``x``, checked to be ``reference``'s from the
+  same key (on ``reference_x``, default ``x``), then moved off init by noise."""
+  params = module.init(jax.random.key(1), x)
+  expected = reference.init(
+      jax.random.key(1), x if reference_x is None else reference_x
+  )
+  jax.tree.map(np.testing.assert_array_equal, params, expected)
+  key = jax.random.key(2)
+  return jax.tree.map(
+      lambda p: p + scale * jax.random.normal(key, p.shape), params
+  )
+
+
 @pytest.mark.parametrize("cpu", [True, False])
 def test_upsample_conv_is_the_convolution_of_the_upsampled_input(
     cpu, monkeypatch
@@ -126,16 +140,8 @@ def test_upsample_conv_is_the_convolution_of_the_upsampled_input(
   by folded taps, elsewhere (forced here) by the convolution itself."""
   monkeypatch.setattr(cpu_kernels, "active", lambda: cpu)
   x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
-  conv = UpsampleConv(6)
-  params = conv.init(jax.random.key(1), x)
-  reference = nn.Conv(6, (3, 3))
-  conv_params = jax.tree.map(
-      np.asarray, reference.init(jax.random.key(1), upsample2x(x))
-  )
-  jax.tree.map(np.testing.assert_array_equal, params, conv_params)
-  params = jax.tree.map(
-      lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params
-  )
+  conv, reference = UpsampleConv(6), nn.Conv(6, (3, 3))
+  params = _like_reference(conv, reference, x, upsample2x(x))
 
   def both(p, x):
     return conv.apply(p, x), reference.apply(p, upsample2x(x))
@@ -166,15 +172,7 @@ def test_pointwise_conv_is_a_1x1_convolution():
   same values and gradients from them; the compute dtype is honoured."""
   x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
   conv, reference = PointwiseConv(6), nn.Conv(6, (1, 1))
-  params = conv.init(jax.random.key(1), x)
-  jax.tree.map(
-      np.testing.assert_array_equal,
-      params,
-      reference.init(jax.random.key(1), x),
-  )
-  params = jax.tree.map(
-      lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params
-  )
+  params = _like_reference(conv, reference, x)
   np.testing.assert_allclose(
       conv.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5
   )
@@ -208,15 +206,7 @@ def test_conv_is_nn_conv_with_the_same_derivatives(batch, cpu, monkeypatch):
   conv, reference = Conv(8, kernel_init=nn.initializers.he_normal()), nn.Conv(
       8, (3, 3), kernel_init=nn.initializers.he_normal()
   )
-  params = conv.init(jax.random.key(1), x)
-  jax.tree.map(
-      np.testing.assert_array_equal,
-      params,
-      reference.init(jax.random.key(1), x),
-  )
-  params = jax.tree.map(
-      lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params
-  )
+  params = _like_reference(conv, reference, x, scale=0.1)
   close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-4)
   close(conv.apply(params, x), reference.apply(params, x))
   loss = lambda m, p, x: jnp.sum(jnp.tanh(m.apply(p, x)) ** 2)
@@ -763,18 +753,9 @@ def test_without_grid_style_the_grid_reads_the_caption_alone(grid_style):
 
 
 def test_text_convolutions_see_no_padding_and_reach_their_kernel():
-  encoder = TextEncoder(
-      max_length=48,
-      width=16,
-      depth=0,
-      heads=2,
-      mlp_ratio=4,
-      conv_kernel=5,
-      conv_layers=1,
-      scan=True,
-      remat=False,
-      dtype=jnp.float32,
-  )
+  # One convolution of width 5, and no attention (depth 0).
+  text = dict(tiny_config().model.text, depth=0, conv_kernel=5, conv_layers=1)
+  encoder = TextEncoder(**text, scan=True, remat=False, dtype=jnp.float32)
   ids, mask = ByteTokenizer(48).encode(["a red circle", "a red circle"])
   params = encoder.init(jax.random.key(0), ids, mask)
   assert "conv_0" in params["params"]

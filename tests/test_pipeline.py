@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from dallex.data import pipeline
+from conftest import one_shard_dataset
 from dallex.data.sources import Source
 from dallex.text import ByteTokenizer
 
@@ -25,19 +25,6 @@ def _memory_source(n, captions_per_example=1):
   return Source(data, "image", "caption")
 
 
-def _dataset(source, seed=0, batch_size=4, **kwargs):
-  kwargs.setdefault("shard_index", 0)
-  kwargs.setdefault("shard_count", 1)
-  return pipeline.make_dataset(
-      source,
-      batch_size=batch_size,
-      resolution=8,
-      max_length=32,
-      seed=seed,
-      **kwargs,
-  )
-
-
 def _captions(batch):
   return ByteTokenizer(32).decode(batch["ids"])
 
@@ -51,7 +38,7 @@ def _digest(batches):
 
 
 def test_batches_are_well_formed():
-  batch = next(iter(_dataset(_memory_source(10))))
+  batch = next(iter(one_shard_dataset(_memory_source(10))))
   assert (
       batch["image"].shape == (4, 8, 8, 3)
       and batch["image"].dtype == np.float32
@@ -67,13 +54,19 @@ def test_batches_are_well_formed():
 def test_same_seed_same_batches_other_seed_other_batches():
   source = _memory_source(50)
   first = [
-      next(it) for it in [iter(_dataset(source, seed=3))] for _ in range(20)
+      next(it)
+      for it in [iter(one_shard_dataset(source, seed=3))]
+      for _ in range(20)
   ]
   again = [
-      next(it) for it in [iter(_dataset(source, seed=3))] for _ in range(20)
+      next(it)
+      for it in [iter(one_shard_dataset(source, seed=3))]
+      for _ in range(20)
   ]
   other = [
-      next(it) for it in [iter(_dataset(source, seed=4))] for _ in range(20)
+      next(it)
+      for it in [iter(one_shard_dataset(source, seed=4))]
+      for _ in range(20)
   ]
   assert _digest(first) == _digest(again)
   assert _digest(first) != _digest(other)
@@ -81,7 +74,7 @@ def test_same_seed_same_batches_other_seed_other_batches():
 
 def test_each_epoch_is_a_new_permutation():
   source = _memory_source(12)
-  it = iter(_dataset(source, batch_size=3))
+  it = iter(one_shard_dataset(source, batch_size=3))
   epochs = []
   for _ in range(3):
     seen = [int(c.split()[1]) for _ in range(4) for c in _captions(next(it))]
@@ -94,7 +87,7 @@ def test_process_shards_are_disjoint_and_cover_the_data():
   source = _memory_source(40)
   shards = []
   for index in range(2):
-    ds = _dataset(
+    ds = one_shard_dataset(
         source, batch_size=2, shard_index=index, shard_count=2, num_epochs=1
     )
     shards.append({int(c.split()[1]) for b in ds for c in _captions(b)})
@@ -106,7 +99,7 @@ def test_a_caption_is_chosen_per_visit_reproducibly():
   source = _memory_source(4, captions_per_example=3)
 
   def chosen(seed):
-    it = iter(_dataset(source, seed=seed, batch_size=4))
+    it = iter(one_shard_dataset(source, seed=seed, batch_size=4))
     return [c for _ in range(30) for c in _captions(next(it))]
 
   picks = chosen(0)
@@ -120,15 +113,17 @@ def test_a_caption_is_chosen_per_visit_reproducibly():
 def test_worker_processes_give_the_same_batches_and_resume():
   source = _memory_source(50)
   expected = [
-      next(it) for it in [iter(_dataset(source, seed=3))] for _ in range(12)
+      next(it)
+      for it in [iter(one_shard_dataset(source, seed=3))]
+      for _ in range(12)
   ]
-  it = iter(_dataset(source, seed=3, num_workers=2))
+  it = iter(one_shard_dataset(source, seed=3, num_workers=2))
   try:
     assert _digest([next(it) for _ in range(8)]) == _digest(expected[:8])
     state = it.get_state()
   finally:
     it.close()
-  resumed = iter(_dataset(source, seed=3, num_workers=2))
+  resumed = iter(one_shard_dataset(source, seed=3, num_workers=2))
   try:
     resumed.set_state(state)
     assert _digest([next(resumed) for _ in range(4)]) == _digest(expected[8:])
@@ -138,11 +133,13 @@ def test_worker_processes_give_the_same_batches_and_resume():
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match="fewer than one batch"):
-    _dataset(_memory_source(3), batch_size=4)
+    one_shard_dataset(_memory_source(3), batch_size=4)
   with pytest.raises(ValueError, match="shard_index 2"):
-    _dataset(_memory_source(3), batch_size=1, shard_index=2, shard_count=2)
+    one_shard_dataset(
+        _memory_source(3), batch_size=1, shard_index=2, shard_count=2
+    )
   with pytest.raises(ValueError, match="num_workers must be >= 0"):
-    _dataset(_memory_source(3), batch_size=1, num_workers=-1)
+    one_shard_dataset(_memory_source(3), batch_size=1, num_workers=-1)
 
 
 _RESUME_SCRIPT = textwrap.dedent("""
@@ -174,14 +171,8 @@ def test_iterator_state_restores_the_exact_continuation_in_a_new_process(
   builder, data_dir = tiny_shapes
   source = Source(builder.as_data_source(split="train"), "image", "caption")
   it = iter(
-      pipeline.make_dataset(
-          source,
-          batch_size=16,
-          resolution=32,
-          max_length=96,
-          seed=7,
-          shard_index=0,
-          shard_count=1,
+      one_shard_dataset(
+          source, batch_size=16, resolution=32, max_length=96, seed=7
       )
   )
   for _ in range(45):  # past the first epoch of 37 batches

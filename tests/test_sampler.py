@@ -3,8 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 from PIL import Image
 
 import dallex
-from conftest import ROOT, tiny_config
+from conftest import run_python, tiny_config
 from experiments.sample import read_prompts
 
 
@@ -124,25 +122,12 @@ def test_sample_cli_writes_png_and_npz(tiny_run, tmp_path):
   prompts.write_text(
       "a large blue square at the top\n\n  \n一个红色的圆\n", encoding="utf-8"
   )
-  out = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "experiments.sample",
-          f"--workdir={tiny_run[0]}",
-          "--prompt=a small red circle on the left",
-          f"--prompts_file={prompts}",
-          "--seed=1",
-          "--num_per_prompt=2",
-          f"--out={tmp_path / 'grid.png'}",
-          f"--out_npz={tmp_path / 'x.npz'}",
-      ],
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=300,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
+  # fmt: off
+  out = run_python("-m", "experiments.sample", f"--workdir={tiny_run[0]}",
+                   "--prompt=a small red circle on the left", f"--prompts_file={prompts}",
+                   "--seed=1", "--num_per_prompt=2", f"--out={tmp_path / 'grid.png'}",
+                   f"--out_npz={tmp_path / 'x.npz'}", check=True)
+  # fmt: on
   assert "6 images of step 6 (3 prompts)" in out.stdout
   grid = np.asarray(Image.open(tmp_path / "grid.png"))
   assert grid.shape[0] > 3 * 64 and grid.shape[1] > 2 * 64
@@ -175,23 +160,11 @@ def test_bad_prompts_files_are_named(tmp_path):
 def test_evaluate_cli_writes_json_table_and_worst_samples(
     tiny_run, full_shapes_r32, tmp_path
 ):
-  out = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "experiments.evaluate",
-          f"--workdir={tiny_run[0]}",
-          "--num=12",
-          "--batch_size=12",
-          f"--out={tmp_path / 'eval.json'}",
-          f"--data_dir={full_shapes_r32.data_dir_root}",
-      ],
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=300,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
+  # fmt: off
+  out = run_python("-m", "experiments.evaluate", f"--workdir={tiny_run[0]}", "--num=12",
+                   "--batch_size=12", f"--out={tmp_path / 'eval.json'}",
+                   f"--data_dir={full_shapes_r32.data_dir_root}", check=True)
+  # fmt: on
   report = json.loads((tmp_path / "eval.json").read_text())
   assert report["step"] == 6 and sorted(report["splits"]) == ["heldout", "test"]
   for metrics in report["splits"].values():

@@ -1,30 +1,15 @@
 """Sampling: an image depends on its seed and index only."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 
-from conftest import ROOT
+from conftest import run_python
 
 
 def test_same_seed_same_images_across_batch_sizes_and_devices(tmp_path):
   out_path = tmp_path / "images.npz"
-  env = dict(
-      os.environ,
-      XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
-      + " --xla_force_host_platform_device_count=8",
+  run_python(
+      "tests/helpers/seed_invariance.py", str(out_path), devices=8, check=True
   )
-  out = subprocess.run(
-      [sys.executable, "tests/helpers/seed_invariance.py", str(out_path)],
-      cwd=ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=600,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
   r = dict(np.load(out_path))
   # Float outputs: 1 device vs sharded over 8.
   assert r["one_device"].shape == (8, 32, 32, 3)

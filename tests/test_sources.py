@@ -2,12 +2,13 @@
 
 import importlib.util
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from dallex.data import pipeline, sources
+from conftest import one_shard_dataset
+from dallex.config import default_config
+from dallex.data import sources
 
 
 class FakeCocoCaptions(tfds.core.GeneratorBasedBuilder):
@@ -37,36 +38,28 @@ class FakeCocoCaptions(tfds.core.GeneratorBasedBuilder):
 
 
 def _config(name, **kwargs):
-  return ml_collections.ConfigDict(
-      dict(
-          name=name,
-          resolution=16,
-          data_dir="/nonexistent",
-          image_key="image",
-          caption_key="captions/text",
-          **kwargs,
-      )
+  """The default data config for the dataset ``name`` at 16 px."""
+  config = default_config().data
+  config.update(
+      dict(name=name, resolution=16, data_dir="/nonexistent") | kwargs
+  )
+  return config
+
+
+def _mock_data(num_examples):
+  """TFDS's mock data for any dataset, drawn from its features."""
+  return tfds.testing.mock_data(
+      num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE
   )
 
 
 def test_tfds_caption_dataset_feeds_the_pipeline():
-  with tfds.testing.mock_data(
-      num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE
-  ):
+  with _mock_data(12):
     source = sources.open_source(_config("fake_coco_captions"), "train")
     image, captions = source.extract(source.data[0])
     assert image.dtype == np.uint8 and image.ndim == 3
     assert captions and all(isinstance(c, str) for c in captions)
-    ds = pipeline.make_dataset(
-        source,
-        batch_size=4,
-        resolution=16,
-        max_length=24,
-        seed=0,
-        shard_index=0,
-        shard_count=1,
-    )
-    batch = next(iter(ds))
+    batch = next(iter(one_shard_dataset(source, resolution=16, max_length=24)))
   assert (
       batch["image"].shape == (4, 16, 16, 3)
       and batch["image"].dtype == np.float32
@@ -76,9 +69,7 @@ def test_tfds_caption_dataset_feeds_the_pipeline():
 
 
 def test_wrong_field_names_are_named_in_the_error():
-  with tfds.testing.mock_data(
-      num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE
-  ):
+  with _mock_data(2):
     source = sources.open_source(_config("fake_coco_captions"), "train")
     bad = sources.Source(source.data, "image", "caption")
     with pytest.raises(KeyError, match="no field 'caption'; its fields are"):
@@ -86,11 +77,8 @@ def test_wrong_field_names_are_named_in_the_error():
 
 
 def test_builtin_names_dispatch(full_shapes_r32):
-  config = _config(
-      "dallex_shapes",
-  )
+  config = _config("dallex_shapes", data_dir=str(full_shapes_r32.data_dir_root))
   config.resolution = 32
-  config.data_dir = str(full_shapes_r32.data_dir_root)
   source = sources.open_source(config, "test[:5]")
   image, captions = source.extract(source.data[0])
   assert image.shape == (32, 32, 3) and captions[0].startswith("a ")
@@ -103,9 +91,7 @@ def test_builtin_names_dispatch(full_shapes_r32):
     reason="TFDS's own coco_captions builder imports TensorFlow (pip install 'dallex[tf]')",
 )
 def test_real_coco_captions_builder_with_mock_data():
-  with tfds.testing.mock_data(
-      num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE
-  ):
+  with _mock_data(4):
     source = sources.open_source(_config("coco_captions"), "train")
     image, captions = source.extract(source.data[0])
   assert image.ndim == 3 and captions

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import tiny_batch, tiny_config
+from conftest import run_python, tiny_batch, tiny_config
 from dallex import train
 from dallex.objective import build_objective
 
@@ -18,20 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_single_jit_sharded_and_pmap_steps_agree_on_8_devices():
-  env = dict(
-      os.environ,
-      XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
-      + " --xla_force_host_platform_device_count=8",
+  out = run_python(
+      "tests/helpers/parallel_equivalence.py", "8", devices=8, check=True
   )
-  out = subprocess.run(
-      [sys.executable, "tests/helpers/parallel_equivalence.py", "8"],
-      cwd=ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=600,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["steps"] == 2
   for kind in ("sharded", "pmap"):

@@ -27,11 +27,11 @@ import re
 import warnings
 from collections.abc import Iterator
 
-import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
 from dallex.data import images
+from dallex.data.array_record_builder import ArrayRecordBuilder
 
 METADATA_FILE = "metadata.jsonl"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
@@ -159,31 +159,14 @@ def folder_fingerprint(folder: str) -> str:
   return digest.hexdigest()[:12]
 
 
-class CaptionFolder(tfds.core.GeneratorBasedBuilder):
+class CaptionFolder(ArrayRecordBuilder):
   """Images with captions from a local folder (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
-  disable_shuffling = True  # The input pipeline shuffles, seeded.
-
-  def __init__(self, **kwargs):
-    kwargs.setdefault("file_format", "array_record")
-    super().__init__(**kwargs)
-
   def _info(self) -> tfds.core.DatasetInfo:
-    res = self.builder_config.resolution
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict(
-            {
-                "image": tfds.features.Tensor(
-                    shape=(res, res, 3), dtype=np.uint8, encoding="zlib"
-                ),
-                "captions": tfds.features.Sequence(tfds.features.Text()),
-                "file_name": tfds.features.Text(),
-            }
-        ),
+    return self.info_with(
+        __doc__,
+        captions=tfds.features.Sequence(tfds.features.Text()),
+        file_name=tfds.features.Text(),
     )
 
   def _split_generators(self, dl_manager):
@@ -202,9 +185,8 @@ class CaptionFolder(tfds.core.GeneratorBasedBuilder):
         continue
       try:
         image = images.load_image(path, self.builder_config.resolution)
-      except (
-          Exception
-      ) as e:  # PIL raises many types for bad files; all mean "unusable".
+      # PIL raises many types for bad files; all mean "unusable".
+      except Exception as e:
         _skip(entry.file_name, f"unreadable image ({type(e).__name__}: {e})")
         skipped += 1
         continue

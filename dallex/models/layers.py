@@ -64,17 +64,15 @@ def dot_product_attention(
 
 
 class MultiHeadAttention(nn.Module):
-  """Multi-head attention of ``x`` [B, Lq, D] over ``context`` [B, Lk, Dc] (self if None)."""
+  """Multi-head attention of ``x`` [B, Lq, D] over ``context`` [B, Lk, Dc]
+  (``x`` itself if None), keys masked by ``mask`` bool [B, Lk] (or None)."""
 
   heads: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(
-      self,
-      x: jax.Array,
-      context: jax.Array | None = None,
-      mask: jax.Array | None = None,
+      self, x: jax.Array, context: jax.Array | None, mask: jax.Array | None
   ) -> jax.Array:
     context = x if context is None else context
     width = x.shape[-1]
@@ -212,7 +210,7 @@ class TransformerBlock(nn.Module):
   ) -> jax.Array:
     """x: [B, L, D]; mask: bool [B, L]; context: [B, Lc, Dc]; context_mask: bool [B, Lc]."""
     x = x + MultiHeadAttention(self.heads, self.dtype, name="self_attention")(
-        Norm(self.dtype)(x, style), mask=mask
+        Norm(self.dtype)(x, style), None, mask
     )
     if self.cross_attention:
       x = x + MultiHeadAttention(
@@ -245,15 +243,10 @@ class TransformerStack(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(
-      self,
-      x: jax.Array,
-      mask: jax.Array | None = None,
-      context: jax.Array | None = None,
-      context_mask: jax.Array | None = None,
-      style: jax.Array | None = None,
-  ) -> jax.Array:
-    """Same arguments as TransformerBlock; returns [B, L, D]."""
+  def __call__(self, x: jax.Array, *inputs: jax.Array | None) -> jax.Array:
+    """x [B, L, D] and, in TransformerBlock's order, its other arguments
+    (mask, context, context_mask, style; missing ones None) -> [B, L, D]."""
+    inputs = (*inputs, *(None,) * (4 - len(inputs)))
     kwargs = dict(
         heads=self.heads,
         mlp_ratio=self.mlp_ratio,
@@ -263,9 +256,7 @@ class TransformerStack(nn.Module):
     if not self.scan:
       block_cls = nn.remat(TransformerBlock) if self.remat else TransformerBlock
       for i in range(self.depth):
-        x = block_cls(**kwargs, name=f"block_{i}")(
-            x, mask, context, context_mask, style
-        )
+        x = block_cls(**kwargs, name=f"block_{i}")(x, *inputs)
       return x
     step_cls = nn.remat(_ScanStep) if self.remat else _ScanStep
     stack = nn.scan(
@@ -275,5 +266,5 @@ class TransformerStack(nn.Module):
         in_axes=(nn.broadcast,) * 4,
         length=self.depth,
     )
-    x, _ = stack(**kwargs, name="blocks")(x, mask, context, context_mask, style)
+    x, _ = stack(**kwargs, name="blocks")(x, *inputs)
     return x

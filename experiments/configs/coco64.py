@@ -27,15 +27,9 @@ def get_config():
   c.model.dtype = "bfloat16"
   c.model.text.update(max_length=256, width=512, depth=6, heads=8)
   c.model.discriminator.text.update(max_length=256, width=256, depth=4, heads=4)
+  c.model.generator.update(style_dim=512, grid=8, width=512, depth=6, heads=8)
   c.model.generator.update(
-      style_dim=512,
-      grid=8,
-      width=512,
-      depth=6,
-      heads=8,
-      base_channels=512,
-      min_channels=128,
-      layout_head=False,
+      base_channels=512, min_channels=128, layout_head=False
   )
   c.model.discriminator.update(
       base_channels=64, max_channels=512, hidden=512, embed_dim=256

@@ -14,14 +14,8 @@ from conftest import tiny_config  # noqa: E402
 def get_config():
   c = tiny_config(resolution=32)
   c.data.num_threads = 1
-  c.train.update(
-      steps=4,
-      batch_size=8,
-      checkpoint_every=2,
-      log_every=1,
-      sample_every=2,
-      max_nonfinite=3,
-  )
+  c.train.update(steps=4, batch_size=8, log_every=1, max_nonfinite=3)
+  c.train.checkpoint_every = c.train.sample_every = 2
   c.optim.g.lr = c.optim.d.lr = 1e-3
   c.sample.update(
       prompts=[
