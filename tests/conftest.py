@@ -82,7 +82,7 @@ def full_shapes_r32(tmp_path_factory):
   )
 
 
-def run_python(*args, devices=None, env=None, timeout=600, check=False):
+def run_python(*args, devices=None, env=None, timeout=1200, check=False):
   """``python *args`` in the repository root, its output captured as text.
 
   Args:

@@ -13,8 +13,9 @@ def test_same_seed_same_images_across_batch_sizes_and_devices(tmp_path):
   r = dict(np.load(out_path))
   # Float outputs: 1 device vs sharded over 8.
   assert r["one_device"].shape == (8, 32, 32, 3)
-  # Partitioned matmuls sum in another order: agreement far below one uint8 level (1/127.5).
-  np.testing.assert_allclose(r["sharded"], r["one_device"], atol=1e-4)
+  # Partitioned matmuls sum in another order: agreement far below one uint8
+  # level (1/127.5; measured up to 1.4e-4).
+  np.testing.assert_allclose(r["sharded"], r["one_device"], atol=1e-3)
   # uint8 outputs: batch sizes 8, 3 and 1 (rounding may move a pixel by one level at most).
   for name in ("batch3", "batch1"):
     assert r[name].dtype == np.uint8 and r[name].shape == (8, 32, 32, 3)
