@@ -154,9 +154,7 @@ def train_and_evaluate(
     )
   train.check_batch_size(t.batch_size, jax.device_count())
   objective = build_objective(config)
-  g_tx, d_tx = train.make_optimizer(config.optim.g), train.make_optimizer(
-      config.optim.d
-  )
+  g_tx, d_tx = train.make_optimizers(config.optim)
 
   source = sources.open_source(config.data, config.data.train_split)
   dataset = pipeline.make_dataset(
@@ -194,6 +192,7 @@ def train_and_evaluate(
     restored = ckpt.restore_latest(checkpoint.abstract(state))
   except ValueError as e:
     ckpt.close()
+    data_iter.close()
     raise ValueError(
         f"{e}\nThis run's config does not fit them or they are damaged: resume "
         f"with the config each holds (<step>/config), or train in a new "

@@ -70,6 +70,11 @@ def make_optimizer(opt) -> optax.GradientTransformation:
   )
 
 
+def make_optimizers(optim) -> tuple[optax.GradientTransformation, ...]:
+  """(G's, D's) optimisers from ``config.optim`` (sections ``g`` and ``d``)."""
+  return make_optimizer(optim.g), make_optimizer(optim.d)
+
+
 def ema_decay(step: jax.Array, decay: float) -> jax.Array:
   """min(decay, (1 + t) / (10 + t)): warm up, or the EMA would mostly remember
   the random initialisation for the first thousand steps."""

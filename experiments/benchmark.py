@@ -156,9 +156,7 @@ def _train_setup(config, devices=None):
   """(compiled step, state, device batch, batch size) as the training loop builds them."""
   t = config.train
   objective = build_objective(config)
-  g_tx, d_tx = train.make_optimizer(config.optim.g), train.make_optimizer(
-      config.optim.d
-  )
+  g_tx, d_tx = train.make_optimizers(config.optim)
   mesh = train.data_mesh(devices)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -616,9 +614,7 @@ def bench_compile(config, depths: list[int]) -> dict:
     c.model.generator.depth = depth
     c.model.text.depth = depth
     objective = build_objective(c)
-    g_tx, d_tx = train.make_optimizer(c.optim.g), train.make_optimizer(
-        c.optim.d
-    )
+    g_tx, d_tx = train.make_optimizers(c.optim)
     res, length, b = (
         c.data.resolution,
         c.model.text.max_length,

@@ -25,9 +25,8 @@ def _scipy_frechet(a, b):
 def test_frechet_distance_matches_scipy():
   rng = np.random.default_rng(0)
   for shift, scale in ((0.0, 1.0), (0.5, 1.0), (0.0, 2.0), (1.0, 0.3)):
-    a, b = _gaussian(rng, 400, 16), _gaussian(
-        rng, 300, 16, shift, scale, mixing_seed=1
-    )
+    a = _gaussian(rng, 400, 16)
+    b = _gaussian(rng, 300, 16, shift, scale, mixing_seed=1)
     ours = fid.frechet_distance(
         fid.FeatureStats.from_features(a), fid.FeatureStats.from_features(b)
     )

@@ -36,9 +36,8 @@ def r_precision(
   Returns:
     (R-precision, per-image margin [N]: true similarity minus the best distractor's).
   """
-  image_emb, text_emb = np.asarray(image_emb, np.float64), np.asarray(
-      text_emb, np.float64
-  )
+  image_emb = np.asarray(image_emb, np.float64)
+  text_emb = np.asarray(text_emb, np.float64)
   caption_ids = np.asarray(caption_ids)
   m = len(text_emb)
   if m < 2:
