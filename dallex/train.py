@@ -85,7 +85,9 @@ def ema_decay(step: jax.Array, decay: float) -> jax.Array:
 def create_train_state(
     objective: GanObjective, g_tx, d_tx, key: jax.Array, batch: Batch
 ) -> TrainState:
-  """A fresh state for batches shaped like ``batch``."""
+  """A fresh state for batches shaped like ``batch``. Every leaf its own
+  buffer, so a step that donates its state can take it as made, jitted or not.
+  """
   g_params, d_params = init_params(objective, key, batch)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -93,7 +95,7 @@ def create_train_state(
       d_params=d_params,
       g_opt_state=g_tx.init(g_params),
       d_opt_state=d_tx.init(d_params),
-      ema_params=g_params,
+      ema_params=jax.tree.map(jnp.copy, g_params),
       nonfinite=jnp.zeros((), jnp.int32),
       nonfinite_total=jnp.zeros((), jnp.int32),
   )

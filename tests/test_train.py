@@ -39,20 +39,19 @@ def _tiny_state(resolution=8):
   )
   tx = train.make_optimizer(opt)
   batch = tiny_batch(config, 4)
-  state = jax.jit(
-      lambda k: train.create_train_state(objective, tx, tx, k, batch)
-  )(jax.random.key(0))
+  make = functools.partial(train.create_train_state, objective, tx, tx)
+  state = jax.jit(lambda k: make(k, batch))(jax.random.key(0))
   step_fn = functools.partial(
       train.train_step, objective=objective, g_tx=tx, d_tx=tx, seed=0, d_steps=2
   )
-  return state, step_fn, batch
+  return state, step_fn, batch, make
 
 
 @pytest.fixture(scope="module")
 def loop_step():
   """The tiny model's step compiled as the loop compiles it (batch sharded, state
   replicated and donated), a way to get fresh states, and a batch."""
-  state, step_fn, batch = _tiny_state()
+  state, step_fn, batch, make = _tiny_state()
   mesh = train.data_mesh(jax.devices()[:1])
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -61,8 +60,25 @@ def loop_step():
       step=train.jit_sharded_step(step_fn, mesh),
       batch=batch,
       fresh=lambda: jax.device_put(host_state, replicated),
+      eager=lambda: make(jax.random.key(0), batch),
       put=lambda b: jax.device_put(b, rows),
   )
+
+
+def test_a_state_made_outside_jit_can_be_donated_to_the_step(loop_step):
+  """The README's way: create_train_state called eagerly, then the donating
+  step (EMA and G's parameters must not share buffers)."""
+  state = loop_step.eager()
+  g0 = jax.tree.map(np.asarray, state.g_params)
+  assert jax.tree.all(
+      jax.tree.map(np.array_equal, g0, jax.device_get(state.ema_params))
+  )
+  state, metrics = loop_step.step(state, loop_step.batch)
+  assert int(state.step) == 1 and float(metrics["finite"]) == 1.0
+  moved = jax.tree.map(
+      lambda a, b: not np.array_equal(a, b), g0, jax.device_get(state.g_params)
+  )
+  assert any(jax.tree.leaves(moved))
 
 
 def test_non_finite_step_changes_nothing_and_is_counted(loop_step):
