@@ -15,12 +15,17 @@ this one path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from typing import Any, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
+
+
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written (full disk, permissions, quota)."""
 
 
 class Restored(NamedTuple):
@@ -51,6 +56,7 @@ class Checkpointer:
           f"keep (train.keep_checkpoints) must be >= 0 (0 keeps all), got {keep}"
       )
     self.directory = os.path.abspath(directory)
+    self._pending: int | None = None  # the step of the save in progress
     # Orbax reads max_to_keep=0 as "keep none" and would delete every checkpoint.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep or None,
@@ -66,20 +72,44 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data: Any, config: dict) -> None:
-    """Starts saving (returns before the write ends; ``wait()`` to block)."""
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data),
-            config=ocp.args.JsonSave(config),
-        ),
-        force=True,
-    )
+    """Starts saving (returns before the write ends; ``wait()`` to block).
+
+    Raises:
+      CheckpointWriteError: this save, or the one before it, failed. A failed
+        save leaves no checkpoint behind (its temporary directory is removed
+        when the directory is next opened for writing).
+    """
+    self.wait()
+    self._pending = step
+    with self._writing():
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              data=ocp.args.JsonSave(data),
+              config=ocp.args.JsonSave(config),
+          ),
+          force=True,
+      )
 
   def wait(self) -> None:
-    """Blocks until every started save is on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until every started save is on disk; raises
+    ``CheckpointWriteError`` if one failed."""
+    with self._writing():
+      self._manager.wait_until_finished()
+    self._pending = None
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """Orbax's errors while writing checkpoint ``_pending`` as one that names it."""
+    try:
+      yield
+    # Orbax and TensorStore raise many types (ValueError for a full disk).
+    except Exception as e:
+      raise CheckpointWriteError(
+          f"could not write checkpoint {self._pending} in {self.directory} "
+          f"({write_cause(e)})"
+      ) from e
 
   def restore(
       self, step: int, abstract_state: Any, partial: bool = False
@@ -144,9 +174,28 @@ class Checkpointer:
       )
     return None
 
-  def close(self) -> None:
-    self.wait()
-    self._manager.close()
+  def close(self, quiet: bool = False) -> None:
+    """Waits for the saves in progress and closes; ``quiet``: a failed save
+    raises no error (for cleaning up after one that was already reported)."""
+    try:
+      self.wait()
+    except CheckpointWriteError:
+      if not quiet:
+        raise
+    finally:
+      self._manager.close()
+
+
+def write_cause(e: BaseException) -> str:
+  """A failed write's cause in a few words: full disks, permissions and quotas
+  by name (Orbax reports them inside long TensorStore messages)."""
+  if isinstance(e, OSError) and e.errno:
+    return os.strerror(e.errno)
+  text = str(e)
+  for phrase in ("No space left on device", "Permission denied", "quota"):
+    if phrase in text:
+      return phrase
+  return f"{type(e).__name__}: {text[:300]}"
 
 
 def abstract(tree: Any) -> Any:

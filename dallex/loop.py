@@ -12,6 +12,7 @@ and leaves as on a signal, and a later call resumes). With several JAX
 processes, each reads its own shard of the data, process 0 alone writes logs
 and images, and all take part in checkpoints.
 
+    workdir/lock                   held by the trainer (dallex.workdir_lock)
     workdir/config.json            the resolved config
     workdir/checkpoints/<step>/    Orbax checkpoints (state, data, config)
     workdir/metrics.jsonl          one JSON object per logged step
@@ -21,6 +22,7 @@ and images, and all take part in checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,10 +33,12 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from tensorboardX import SummaryWriter
+from tensorboardX import summary as tb_summary
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2, summary_pb2
 from tqdm import tqdm
 
-from dallex import checkpoint, train, visualize
+from dallex import checkpoint, train, visualize, workdir_lock
 from dallex.data import pipeline, sources
 from dallex.evaluation import suite
 from dallex.objective import GanObjective, build_objective
@@ -42,7 +46,11 @@ from dallex.sampling import Sampler, sample
 from dallex.text import ByteTokenizer
 
 
-class NonFiniteError(RuntimeError):
+class RunError(RuntimeError):
+  """The run cannot go on; the message says why and what to do."""
+
+
+class NonFiniteError(RunError):
   """Training produced non-finite losses or gradients too many steps in a row."""
 
 
@@ -67,33 +75,79 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
+class _WriteFailed(RuntimeError):
+  """Writing one of the run's outputs failed (the message names it and why)."""
+
+
+@contextlib.contextmanager
+def _writing(what: str):
+  """Turns an OSError while writing ``what`` into a ``_WriteFailed``."""
+  try:
+    yield
+  except OSError as e:
+    raise _WriteFailed(
+        f"could not write {what} ({checkpoint.write_cause(e)})"
+    ) from e
+
+
+def _open_log(path: str):
+  """``path`` opened for appending whole lines: a last line left unfinished
+  by an earlier failed write is cut off first, so every line stays JSON."""
+  f = open(path, "a+b")
+  f.seek(0, os.SEEK_END)
+  if f.tell():
+    f.seek(max(0, f.tell() - 65536))
+    tail = f.read()
+    if not tail.endswith(b"\n"):
+      f.truncate(f.tell() - len(tail) + tail.rfind(b"\n") + 1)
+  return f
+
+
 class _Writer:
-  """metrics.jsonl and TensorBoard events, written by process 0 only."""
+  """metrics.jsonl and TensorBoard events, written by process 0 only.
+
+  Events are written synchronously (tensorboardX's EventsWriter, not its
+  SummaryWriter, whose writer thread dies on a full disk and leaves the loop
+  blocked on its queue), so a failed write stops the run with a clear error.
+  """
 
   def __init__(self, workdir: str, active: bool):
     self.active = active
     if active:
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self._tb = SummaryWriter(os.path.join(workdir, "events"))
+      self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
+      self._events_dir = os.path.join(workdir, "events")
+      with _writing(self._jsonl_path):
+        self._jsonl = _open_log(self._jsonl_path)
+      with _writing(self._events_dir):
+        os.makedirs(self._events_dir, exist_ok=True)
+        self._events = EventsWriter(os.path.join(self._events_dir, "events"))
+
+  def _event(self, step: int, summary: summary_pb2.Summary) -> None:
+    with _writing(self._events_dir):
+      self._events.write_event(
+          event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
+      )
+      self._events.flush()
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.active:
       return
-    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self._jsonl.flush()
-    for name, value in metrics.items():
-      self._tb.add_scalar(name, value, step)
+    with _writing(self._jsonl_path):
+      self._jsonl.write((json.dumps({"step": step, **metrics}) + "\n").encode())
+      self._jsonl.flush()
+    values = [tb_summary.scalar(k, v).value[0] for k, v in metrics.items()]
+    self._event(step, summary_pb2.Summary(value=values))
 
   def image(self, step: int, name: str, image: np.ndarray) -> None:
     """A uint8 [H, W, 3] picture, under ``name`` in TensorBoard's images."""
     if self.active:
-      self._tb.add_image(name, image, step, dataformats="HWC")
-      self._tb.flush()
+      self._event(step, tb_summary.image(name, image, dataformats="HWC"))
 
   def close(self) -> None:
     if self.active:
-      self._jsonl.close()
-      self._tb.close()
+      with contextlib.suppress(OSError):
+        self._jsonl.close()
+        self._events.close()
 
 
 def _out_of_time(entered: float, max_minutes: float) -> bool:
@@ -135,15 +189,49 @@ def sample_grid(
   return visualize.make_grid(np.asarray(images), s.num_per_prompt)
 
 
+# What a run writes into its workdir, set aside whole by ``start_over``.
+_OUTPUTS = ("checkpoints", "config.json", "metrics.jsonl", "events", "samples")
+
+
+def _set_aside(workdir: str) -> str | None:
+  """Moves an earlier run's outputs into ``workdir/replaced_<UTC time>/``
+  (nothing is deleted); returns that folder, or None if there was nothing."""
+  present = [n for n in _OUTPUTS if os.path.exists(os.path.join(workdir, n))]
+  if not present:
+    return None
+  aside = os.path.join(
+      workdir, time.strftime("replaced_%Y%m%dT%H%M%SZ", time.gmtime())
+  )
+  os.makedirs(aside)
+  for name in present:
+    os.rename(os.path.join(workdir, name), os.path.join(aside, name))
+  return aside
+
+
+def _changed_fields(saved: dict, config: dict, prefix: str = "") -> list[str]:
+  """``field: old -> new`` for each leaf that differs between two config dicts."""
+  out = []
+  for key in sorted(set(saved) | set(config)):
+    old, new = saved.get(key, "(absent)"), config.get(key, "(absent)")
+    if isinstance(old, dict) and isinstance(new, dict):
+      out += _changed_fields(old, new, f"{prefix}{key}.")
+    elif old != new:
+      out.append(f"{prefix}{key}: {old!r} -> {new!r}")
+  return out
+
+
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str
+    config: ml_collections.ConfigDict, workdir: str, start_over: bool = False
 ) -> dict[str, Any]:
-  """Trains (or resumes) the run in ``workdir``; returns a summary dict."""
+  """Trains (or resumes) the run in ``workdir``; returns a summary dict.
+
+  One trainer per workdir (``dallex.workdir_lock``). ``start_over``: an
+  earlier run's outputs are moved into ``workdir/replaced_<time>/`` and
+  training starts afresh; without it, a workdir whose checkpoints do not fit
+  ``config`` is refused.
+  """
   entered = time.time()
   t = config.train
-  lead = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-
   if t.max_minutes < 0:
     raise ValueError(
         f"train.max_minutes must be >= 0 (0 for no limit), got {t.max_minutes}"
@@ -153,6 +241,46 @@ def train_and_evaluate(
         f"train.parallel must be 'jit' or 'pmap', got {t.parallel!r}"
     )
   train.check_batch_size(t.batch_size, jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  lead = jax.process_index() == 0
+  # On several hosts, process 0 holds the lock of the shared workdir.
+  with workdir_lock.hold(workdir) if lead else contextlib.nullcontext():
+    if start_over and lead:
+      aside = _set_aside(workdir)
+      if aside:
+        print(f"dallex: the earlier run's outputs moved to {aside}", flush=True)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("dallex: workdir ready")
+    with contextlib.ExitStack() as cleanup:
+      return _train(config, workdir, entered, cleanup)
+
+
+def _write_error(e: Exception, step: int, ckpt: checkpoint.Checkpointer):
+  """The RunError for a failed write of the run's outputs at ``step``."""
+  good = ckpt.all_steps()
+  kept = (
+      f"the complete checkpoints in {ckpt.directory} are intact (newest: "
+      f"step {good[-1]})"
+      if good
+      else f"no checkpoint was completed in {ckpt.directory}"
+  )
+  return RunError(
+      f"{e}. Training stopped at step {step}; {kept}. Free space or fix "
+      "permissions there (or move the workdir where there is room), then run "
+      "the same command to resume."
+  )
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    entered: float,
+    cleanup: contextlib.ExitStack,
+) -> dict[str, Any]:
+  """``train_and_evaluate`` once the workdir is this run's; ``cleanup``
+  closes what it opens, however it ends."""
+  t = config.train
+  lead = jax.process_index() == 0
   objective = build_objective(config)
   g_tx, d_tx = train.make_optimizers(config.optim)
 
@@ -168,6 +296,7 @@ def train_and_evaluate(
       num_workers=config.data.num_workers,
   )
   data_iter = iter(dataset)
+  cleanup.callback(data_iter.close)  # stops reader processes, if any
 
   mesh = train.data_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -188,21 +317,26 @@ def train_and_evaluate(
   ckpt = checkpoint.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints
   )
+  # Quietly: a save that failed would raise again; the loop has said why.
+  cleanup.callback(ckpt.close, quiet=True)
   try:
     restored = ckpt.restore_latest(checkpoint.abstract(state))
   except ValueError as e:
-    ckpt.close()
-    data_iter.close()
-    raise ValueError(
-        f"{e}\nThis run's config does not fit them or they are damaged: resume "
-        f"with the config each holds (<step>/config), or train in a new "
-        f"workdir."
+    raise RunError(
+        f"{e}\nThis run's config does not fit them or they are damaged. "
+        "Resume with the config each holds (<step>/config), train in a new "
+        "workdir, or start over here with --start_over (the earlier run's "
+        "outputs are moved aside, not deleted)."
     ) from None
   if lead:
     # Written once the checkpoints are known to fit, so a refused config never
     # replaces the one the run was trained with.
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    path = os.path.join(workdir, "config.json")
+    try:
+      with _writing(path), open(path, "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    except _WriteFailed as e:
+      raise _write_error(e, 0, ckpt) from e.__cause__
   if restored is not None:
     state = restored.state
     try:
@@ -218,6 +352,15 @@ def train_and_evaluate(
       print(
           f"dallex: resuming from {ckpt.directory}/{restored.step}", flush=True
       )
+      changed = _changed_fields(
+          restored.config, json.loads(config.to_json_best_effort())
+      )
+      if changed:
+        print(
+            "dallex: the config differs from the one this checkpoint was "
+            "saved with, in: " + "; ".join(changed),
+            flush=True,
+        )
   start = int(state.step)
 
   step_fn = train.configured_step(config, objective, g_tx, d_tx)
@@ -232,7 +375,11 @@ def train_and_evaluate(
     unreplicate = lambda s: s
     run_step = lambda s, b: compiled(s, _global_batch(b, batch_sharding))
 
-  writer = _Writer(workdir, lead)
+  try:
+    writer = _Writer(workdir, lead)
+  except _WriteFailed as e:
+    raise _write_error(e, start, ckpt) from e.__cause__
+  cleanup.callback(writer.close)
   samples_dir = os.path.join(workdir, "samples")
   config_dict = json.loads(config.to_json_best_effort())
 
@@ -248,9 +395,10 @@ def train_and_evaluate(
         max(1, 64 // config.data.resolution),
     )
     writer.image(step, "samples", grid)
-    return visualize.save_png(
-        grid, os.path.join(samples_dir, f"step_{step:07d}.png")
-    )
+    with _writing(samples_dir):
+      return visualize.save_png(
+          grid, os.path.join(samples_dir, f"step_{step:07d}.png")
+      )
 
   eval_sets = {}
   if config.evals.every and lead:
@@ -304,6 +452,7 @@ def train_and_evaluate(
     progress = tqdm(
         total=t.steps, initial=start, desc="train", dynamic_ncols=True
     )
+    cleanup.callback(progress.close)
   last_sample, stopped_by, out_of_time, step = None, None, False, start
   streak = int(np.asarray(state.nonfinite).reshape(-1)[0])
   # The step before the one just dispatched, checked for non-finite values
@@ -361,12 +510,9 @@ def train_and_evaluate(
     drawn = last_sample is not None and last_sample.endswith(f"{step:07d}.png")
     if (step == t.steps or out_of_time) and not drawn:
       last_sample = draw(step)
-  finally:
-    data_iter.close()  # stops reader processes, if any
-    ckpt.close()
-    writer.close()
-    if progress is not None:
-      progress.close()
+    ckpt.wait()  # a failed last save raises here
+  except (_WriteFailed, checkpoint.CheckpointWriteError) as e:
+    raise _write_error(e, step, ckpt) from e.__cause__
   summary = dict(
       step=step,
       stopped_by=stopped_by,

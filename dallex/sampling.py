@@ -111,7 +111,20 @@ class Sampler:
     Image i of the output uses noise index i under ``seed``, so it does not
     depend on ``batch_size``. Batches are padded to ``batch_size`` so the
     function compiles once.
+
+    Raises:
+      ValueError: ``num_per_prompt`` or ``batch_size`` below 1, or
+        ``truncation`` not above 0.
     """
+    if num_per_prompt < 1 or batch_size < 1:
+      raise ValueError(
+          f"num_per_prompt ({num_per_prompt}) and batch_size ({batch_size}) "
+          "must be >= 1"
+      )
+    if not truncation > 0:
+      raise ValueError(
+          f"truncation must be > 0 (1.0 for none), got {truncation}"
+      )
     texts = [p for p in prompts for _ in range(num_per_prompt)]
     if not texts:
       return np.zeros(

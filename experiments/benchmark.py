@@ -62,10 +62,17 @@ flags.DEFINE_string(
     "train,profile,ops,products,compile,sample,input,devices",
     "Sections to run.",
 )
-flags.DEFINE_integer("steps", 10, "Timed train steps per repeat.")
-flags.DEFINE_integer("repeats", 5, "Repeats; the median is reported.")
 flags.DEFINE_integer(
-    "top_ops", 12, "Rows listed per profile in the ops and products sections."
+    "steps", 10, "Timed train steps per repeat.", lower_bound=1
+)
+flags.DEFINE_integer(
+    "repeats", 5, "Repeats; the median is reported.", lower_bound=1
+)
+flags.DEFINE_integer(
+    "top_ops",
+    12,
+    "Rows listed per profile in the ops and products sections.",
+    lower_bound=1,
 )
 flags.DEFINE_string(
     "depths", "2,4,8,16", "Transformer depths for the compile-time section."
@@ -82,6 +89,7 @@ flags.DEFINE_integer(
     "Run on this many of the machine's CPU cores only (Linux): "
     "utilisation on one core against all shows how well the kernels use "
     "several.",
+    lower_bound=1,
 )
 flags.DEFINE_bool(
     "devices_worker",

@@ -26,9 +26,12 @@ flags.DEFINE_string(
     "dallex_shapes, else test).",
 )
 flags.DEFINE_integer(
-    "num", 2000, "Samples per split (the first examples of each)."
+    "num",
+    2000,
+    "Samples per split (the first examples of each).",
+    lower_bound=1,
 )
-flags.DEFINE_integer("seed", 0, "Noise seed.")
+flags.DEFINE_integer("seed", 0, "Noise seed.", lower_bound=0)
 flags.DEFINE_string("out", "eval.json", "JSON to write.")
 flags.DEFINE_string(
     "worst_png", None, "PNG of the worst samples (default: next to --out)."
@@ -42,9 +45,12 @@ flags.DEFINE_string(
     "Folder caching the real images' Inception features ('' for none).",
 )
 flags.DEFINE_string("data_dir", None, "Override the run's data.data_dir.")
-flags.DEFINE_integer("batch_size", 64, "Generation batch size.")
+flags.DEFINE_integer("batch_size", 64, "Generation batch size.", lower_bound=1)
 flags.DEFINE_integer(
-    "step", None, "Evaluate this checkpoint (default: the newest)."
+    "step",
+    None,
+    "Evaluate this checkpoint (default: the newest).",
+    lower_bound=0,
 )
 flags.DEFINE_bool(
     "ema", True, "Evaluate the EMA generator (--noema: the online one)."

@@ -27,19 +27,29 @@ config_flags.DEFINE_config_file(
     "config", None, "Experiment config (--supervised_steps).", lock_config=True
 )
 flags.DEFINE_integer(
-    "supervised_steps", 0, "Train a fresh front end this many steps."
+    "supervised_steps",
+    0,
+    "Train a fresh front end this many steps.",
+    lower_bound=0,
 )
 flags.DEFINE_float(
     "lr", 1e-3, "Adam learning rate of the supervised front end."
 )
+flags.register_validator("lr", lambda v: v > 0, "--lr must be > 0")
 flags.DEFINE_integer(
-    "eval_every", 250, "Score the supervised front end every this many steps."
+    "eval_every",
+    250,
+    "Score the supervised front end every this many steps.",
+    lower_bound=1,
 )
 flags.DEFINE_integer(
-    "num", 4000, "Test examples read (about half have two objects)."
+    "num",
+    4000,
+    "Test examples read (about half have two objects).",
+    lower_bound=1,
 )
 flags.DEFINE_integer(
-    "step", None, "Probe this checkpoint (default: the newest)."
+    "step", None, "Probe this checkpoint (default: the newest).", lower_bound=0
 )
 flags.DEFINE_bool(
     "ema", True, "Probe the EMA generator (--noema: the online one)."

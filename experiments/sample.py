@@ -18,16 +18,25 @@ flags.DEFINE_string(
     None,
     "UTF-8 file, one prompt per line; empty lines ignored.",
 )
-flags.DEFINE_integer("seed", 0, "Noise seed.")
+flags.DEFINE_integer("seed", 0, "Noise seed.", lower_bound=0)
 flags.DEFINE_integer(
-    "num_per_prompt", 4, "Images per prompt (one grid row each)."
+    "num_per_prompt", 4, "Images per prompt (one grid row each).", lower_bound=1
 )
-flags.DEFINE_float("truncation", 1.0, "Noise truncation.")
+flags.DEFINE_float(
+    "truncation",
+    1.0,
+    "Noise truncation: > 0, 1 for none, smaller for less variety.",
+)
+flags.register_validator(
+    "truncation", lambda v: v > 0, "--truncation must be > 0 (1.0 for none)"
+)
 flags.DEFINE_string("out", "grid.png", "PNG grid to write.")
 flags.DEFINE_string(
     "out_npz", None, "Also write images (uint8 [N,H,W,3]) and prompts here."
 )
-flags.DEFINE_integer("step", None, "Use this checkpoint (default: the newest).")
+flags.DEFINE_integer(
+    "step", None, "Use this checkpoint (default: the newest).", lower_bound=0
+)
 FLAGS = flags.FLAGS
 
 

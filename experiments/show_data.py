@@ -16,10 +16,10 @@ flags.DEFINE_string(
     "dataset", "dallex_shapes", "dallex_shapes, caption_folder or a TFDS name"
 )
 flags.DEFINE_string("path", "", "the folder, for --dataset=caption_folder")
-flags.DEFINE_integer("resolution", 32, "image side in pixels")
+flags.DEFINE_integer("resolution", 32, "image side in pixels", lower_bound=1)
 flags.DEFINE_string("split", "train", "TFDS split")
 flags.DEFINE_string("data_dir", None, "where prepared datasets live")
-flags.DEFINE_integer("num", 16, "examples to show")
+flags.DEFINE_integer("num", 16, "examples to show", lower_bound=1)
 flags.DEFINE_string("out", "data.png", "PNG to write")
 FLAGS = flags.FLAGS
 

@@ -17,7 +17,9 @@ from absl import app, flags, logging
 import orbax.checkpoint as ocp
 
 flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
-flags.DEFINE_integer("step", None, "This checkpoint (default: the newest).")
+flags.DEFINE_integer(
+    "step", None, "This checkpoint (default: the newest).", lower_bound=0
+)
 FLAGS = flags.FLAGS
 
 

@@ -9,7 +9,7 @@ the cluster itself on TPU VMs and SLURM, or from the JAX_* variables.
 """
 
 import os
-
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -19,6 +19,12 @@ flags.DEFINE_string(
     None,
     "Where checkpoints, metrics, events and samples go.",
     required=True,
+)
+flags.DEFINE_bool(
+    "start_over",
+    False,
+    "Move an earlier run's outputs in --workdir aside (into replaced_<time>/, "
+    "nothing is deleted) and train afresh.",
 )
 flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host)."
@@ -42,9 +48,23 @@ def main(argv):
       or os.environ.get("JAX_COORDINATOR_ADDRESS")
   ):
     jax.distributed.initialize()
-  from dallex.loop import train_and_evaluate
+  from dallex.loop import RunError, train_and_evaluate
+  from dallex.workdir_lock import WorkdirBusyError
 
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  # Orbax logs a failed background save with a traceback from each of its
+  # threads; the loop reports the failure once, clearly.
+  logging.get_absl_handler().addFilter(_without_tracebacks)
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.start_over)
+  except (RunError, WorkdirBusyError) as e:
+    sys.exit(f"dallex: {type(e).__name__}: {e}")
+
+
+def _without_tracebacks(record) -> bool:
+  """Keeps Orbax's error lines, without their tracebacks."""
+  if "orbax" in record.pathname:
+    record.exc_info = record.exc_text = None
+  return True
 
 
 if __name__ == "__main__":

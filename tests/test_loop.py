@@ -151,8 +151,9 @@ def test_train_cli_writes_everything_and_resumes_exactly(
   assert strip(_train_rows(straight)[3:]) == strip(_train_rows(resumed)[3:])
 
 
-def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, data_dir):
-  workdir = tmp_path / "run"
+def _start_and_wait(workdir, data_dir, rows=2):
+  """A tiny training run of 100,000 steps started in the background, returned
+  once it has logged ``rows`` steps."""
   proc = subprocess.Popen(
       _train_cmd(
           workdir,
@@ -167,17 +168,32 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, data_dir):
       text=True,
   )
   metrics = workdir / "metrics.jsonl"
-  deadline = time.time() + 300
+  deadline = time.time() + 600
   while time.time() < deadline and not (
-      metrics.exists() and metrics.read_text().count("\n") >= 2
+      metrics.exists() and metrics.read_text().count("\n") >= rows
   ):
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
     time.sleep(0.5)
+  return proc
+
+
+def test_a_second_trainer_is_refused_and_sigterm_saves(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  proc = _start_and_wait(workdir, data_dir)
+  second = _train(workdir, data_dir, "--config.train.steps=3", check=False)
+  _fails(
+      second, "WorkdirBusyError", f"being trained by process {proc.pid} on host"
+  )
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
   assert "stopped by SIGTERM" in out
   saved = [int(s) for s in os.listdir(workdir / "checkpoints")]
   assert len(saved) == 1 and saved[0] >= 2
+  # The first run's log is its own: every step once, in order.
+  assert [r["step"] for r in _train_rows(workdir)] == list(
+      range(1, saved[0] + 1)
+  )
   out = _train(
       workdir,
       data_dir,
@@ -185,7 +201,27 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, data_dir):
       "--config.train.sample_every=0",
   )
   assert f"dallex: step {saved[0] + 2}/{saved[0] + 2}" in out.stdout
+  assert f"train.steps: 100000 -> {saved[0] + 2}" in out.stdout
   assert _metrics(workdir)[-1]["step"] == saved[0] + 2
+
+
+def test_ctrl_c_saves_and_the_next_run_continues_exactly(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  proc = _start_and_wait(workdir, data_dir)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0 and "stopped by SIGINT" in out, err[-3000:]
+  (saved,) = [int(s) for s in os.listdir(workdir / "checkpoints")]
+  end = f"--config.train.steps={saved + 2}"
+  _train(workdir, data_dir, end, "--config.train.sample_every=0")
+  straight = tmp_path / "straight"
+  _train(straight, data_dir, end, "--config.train.sample_every=0",
+         "--config.train.checkpoint_every=0")  # fmt: skip
+  step_a, state_a, data_a = _final_params(workdir)
+  step_b, state_b, data_b = _final_params(straight)
+  assert step_a == step_b == saved + 2 and data_a == data_b
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_time_limit_saves_and_stops_at_a_log_step(tmp_path, data_dir):
@@ -300,11 +336,68 @@ def test_a_config_that_fits_no_checkpoint_is_refused_and_changes_nothing(
   before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
   out = _train(workdir, data_dir, "--config.train.steps=8",
                "--config.model.generator.width=64", check=False)  # fmt: skip
-  _fails(out, "no checkpoint could be restored", "checkpoints/6: ")
+  _fails(
+      out, "no checkpoint could be restored", "checkpoints/6: ", "--start_over"
+  )
   assert (workdir / "config.json").read_text() == saved
   assert (
       sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == before
   )
+  # Asked for, the earlier run is moved aside whole and a new one starts.
+  out = _train(workdir, data_dir, "--config.train.steps=1", "--start_over",
+               "--config.model.generator.width=64")  # fmt: skip
+  (aside,) = [p for p in workdir.iterdir() if p.name.startswith("replaced_")]
+  assert f"moved to {aside}" in out.stdout
+  assert (aside / "config.json").read_text() == saved
+  assert sorted(str(p.relative_to(aside)) for p in aside.rglob("*")) == sorted(
+      p for p in before if p != "lock"
+  )
+  assert os.listdir(workdir / "checkpoints") == ["1"]
+  assert [r["step"] for r in _metrics(workdir)] == [1]
+
+
+def test_a_full_disk_stops_the_run_clearly_and_keeps_the_checkpoints(
+    tmp_path, data_dir
+):
+  """Training onto a 5 MB filesystem: the first checkpoint (about 3 MB) fits,
+  the second does not."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  mounted = subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(disk)],
+      capture_output=True,
+  )
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr[-200:]}")
+  try:
+    workdir = disk / "run"
+    args = (
+        "--config.train.checkpoint_every=2",
+        "--config.train.sample_every=0",
+    )
+    out = _train(
+        workdir, data_dir, "--config.train.steps=8", *args, check=False
+    )
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "dallex: RunError: could not write checkpoint 4 in "
+    ), out.stderr[-3000:]
+    assert "(No space left on device)" in last and "newest: step 2" in last
+    step, _, _ = _final_params(workdir)
+    assert step == 2
+    # With room again, the same command removes the half-written checkpoint
+    # and continues from step 2.
+    subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+    out = _train(workdir, data_dir, "--config.train.steps=8", *args)
+    assert "resuming from" in out.stdout and "/checkpoints/2" in out.stdout
+    assert sorted(os.listdir(workdir / "checkpoints"), key=int) == [
+        "4",
+        "6",
+        "8",
+    ]
+  finally:
+    subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def test_keep_zero_keeps_every_checkpoint_and_negative_is_refused(tmp_path):

@@ -157,6 +157,27 @@ def test_bad_prompts_files_are_named(tmp_path):
     read_prompts(str(latin1))
 
 
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (
+            "--num_per_prompt=0",
+            "--num_per_prompt=0: 0 is not a positive integer",
+        ),
+        ("--num_per_prompt=-2", "--num_per_prompt=-2: -2 is not a positive"),
+        ("--truncation=-1", "--truncation must be > 0"),
+        ("--truncation=0", "--truncation must be > 0"),
+    ],
+)
+def test_sample_cli_refuses_meaningless_counts(tmp_path, flag, message):
+  out = run_python(
+      "-m", "experiments.sample", f"--workdir={tmp_path}", "--prompt=a", flag,
+      f"--out={tmp_path / 'grid.png'}",
+  )  # fmt: skip
+  assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
+  assert not (tmp_path / "grid.png").exists()
+
+
 def test_evaluate_cli_writes_json_table_and_worst_samples(
     tiny_run, full_shapes_r32, tmp_path
 ):

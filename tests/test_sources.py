@@ -84,6 +84,11 @@ def test_builtin_names_dispatch(full_shapes_r32):
   assert image.shape == (32, 32, 3) and captions[0].startswith("a ")
   with pytest.raises(ValueError, match="needs data.path"):
     sources.open_source(_config("caption_folder", path=""), "train")
+  config.resolution = 48
+  with pytest.raises(
+      ValueError, match="resolution=48: dallex_shapes is made at 32 and 64 px"
+  ):
+    sources.open_source(config, "test[:5]")
 
 
 @pytest.mark.skipif(

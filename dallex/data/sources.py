@@ -89,6 +89,12 @@ def open_source(data_config, split: str) -> Source:
   name = data_config.name
   data_dir = os.path.expanduser(data_config.data_dir or DEFAULT_DATA_DIR)
   if name == "dallex_shapes":
+    have = [c.resolution for c in shapes_builder.DallexShapes.BUILDER_CONFIGS]
+    if data_config.resolution not in have:
+      raise ValueError(
+          f"data.resolution={data_config.resolution}: dallex_shapes is made at "
+          f"{' and '.join(map(str, have))} px only"
+      )
     builder = shapes_builder.DallexShapes(
         config=f"r{data_config.resolution}", data_dir=data_dir
     )
