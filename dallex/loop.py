@@ -336,7 +336,9 @@ def _train(
       with _writing(path), open(path, "w") as f:
         f.write(config.to_json_best_effort(indent=2))
     except _WriteFailed as e:
-      raise _write_error(e, 0, ckpt) from e.__cause__
+      raise _write_error(
+          e, 0 if restored is None else restored.step, ckpt
+      ) from e.__cause__
   if restored is not None:
     state = restored.state
     try:

@@ -49,6 +49,13 @@ def test_load_generates_images_and_embeddings(tiny_run):
           batch_size=4,
       ),
   )
+  for bad, match in (
+      (dict(num_per_prompt=0), "num_per_prompt"),
+      (dict(batch_size=0), "batch_size"),
+      (dict(truncation=-1.0), "truncation must be > 0"),
+  ):
+    with pytest.raises(ValueError, match=match):
+      sampler.generate(["x"], **bad)
   img_emb, txt_emb = sampler.embed(images, ["a", "b", "c"], batch_size=4)
   assert img_emb.shape == (4, 16) and txt_emb.shape == (3, 16)
   np.testing.assert_allclose(np.linalg.norm(img_emb, axis=1), 1.0, rtol=1e-5)
