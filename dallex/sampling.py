@@ -1,4 +1,5 @@
-"""Sampling: the pure, jitted ``sample`` function, and ``load`` of a trained run.
+"""Sampling: the pure, jitted ``sample`` function (and ``sample_rows``, a
+seed per row), and ``load`` of a trained run.
 
     images = sample(generator, params, ids, mask, key, z_dim=64, ca_dim=64)
     sampler = dallex.load("runs/shapes32")          # the run's EMA generator
@@ -55,6 +56,33 @@ def sample(
   """
   index = start_index + jnp.arange(ids.shape[0])
   z, eps = noise.latents(key, index, z_dim, ca_dim, truncation)
+  return generator.apply(params, ids, mask, z, eps).images
+
+
+@functools.partial(jax.jit, static_argnames=("generator", "z_dim", "ca_dim"))
+def sample_rows(
+    generator: nn.Module,
+    params,
+    ids: jax.Array,
+    mask: jax.Array,
+    seeds: jax.Array,
+    indices: jax.Array,
+    truncation: jax.Array,
+    *,
+    z_dim: int,
+    ca_dim: int,
+) -> jax.Array:
+  """Images [N, R, R, 3] in [-1, 1], row n with its own seed, index and
+  truncation (int32 seeds and indices [N], float32 truncation [N]): the image
+  ``sample`` draws for that caption under that seed's key at that global
+  index, whatever else shares the batch (requests of many users in one call).
+  """
+
+  def one(seed, index, t):
+    z, eps = noise.latents(jax.random.key(seed), index[None], z_dim, ca_dim, t)
+    return z[0], eps[0]
+
+  z, eps = jax.vmap(one)(seeds, indices, truncation)
   return generator.apply(params, ids, mask, z, eps).images
 
 

@@ -13,8 +13,9 @@ unrolled (``model.scan=False``: the same arithmetic); times are of the
 configured (scanned) step. FLOPs are always counted by XLA:CPU, also on an
 accelerator: on an H200 (jax 0.11.2), XLA:GPU's analysis counted 4.4 GFLOP for
 the bfloat16 ``shapes32`` step that XLA:CPU counts at 20.4.
-Sections: --only=train,profile,ops,products,compile,sample,input,devices picks
-some; ``ops`` lists the instructions of the train step and of sampling by their
+Sections: --only=train,profile,ops,products,compile,sample,serve,input,devices
+picks some; ``serve`` is ``dallex.serving``'s requests/s with one client and
+with 16; ``ops`` lists the instructions of the train step and of sampling by their
 time in a ``jax.profiler`` trace; ``products`` times each of their matrix
 products (dots and convolutions) compiled alone: the utilisation of the
 products alone is about the most the whole can reach on this backend.
@@ -59,7 +60,7 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("out", None, "Write the results here as JSON.")
 flags.DEFINE_string(
     "only",
-    "train,profile,ops,products,compile,sample,input,devices",
+    "train,profile,ops,products,compile,sample,serve,input,devices",
     "Sections to run.",
 )
 flags.DEFINE_integer(
@@ -720,6 +721,58 @@ def bench_sample(config, batches: list[int], matmul: float) -> dict:
   return out
 
 
+def bench_serve(config, clients: int = 16, per_client: int = 16) -> dict:
+  """Requests/s of ``dallex.serving`` on the loopback address, each request
+  one image: from one client at a time, then from ``clients`` at once
+  (random parameters: the time does not depend on them). Every batch size
+  compiles first."""
+  import http.client
+  import threading
+  from concurrent.futures import ThreadPoolExecutor
+
+  from dallex import serving
+  from dallex.sampling import Sampler
+
+  generator, params, _, _ = _sample_setup(config)
+  batcher = serving.Batcher(
+      Sampler(config, generator, params, 0),
+      max_batch=64,
+      queue_size=4 * clients,
+  ).start()
+  server = serving.make_server(batcher, port=0)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  body = json.dumps({"prompt": "a small red circle on the left", "num": 1})
+
+  def request(_=None):
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=600)
+    conn.request("POST", "/api/generate", body.encode())
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+  def requests_per_s(n, workers):
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+      statuses = list(pool.map(request, range(n)))
+    if set(statuses) != {200}:
+      raise RuntimeError(f"serve benchmark: answers {sorted(set(statuses))}")
+    return n / (time.perf_counter() - start)
+
+  try:
+    for rows in (1, 2, 4, 8, 16, 32, 64):  # compile each batch size once
+      batcher.submit(serving.Request("a", num=rows)).result()
+    one = requests_per_s(per_client, 1)
+    many = requests_per_s(per_client * clients, clients)
+  finally:
+    server.shutdown()
+    server.server_close()
+    batcher.stop()
+  return {
+      "serve_requests_per_s": {"1 client": one, f"{clients} clients": many},
+      "serve_ratio": many / one,
+  }
+
+
 def bench_input(config, batches: int = 100) -> dict:
   """Batches/s of the input pipeline alone (the training config's settings)."""
   source = sources.open_source(config.data, config.data.train_split)
@@ -911,6 +964,9 @@ def main(argv):
             results["matmul_flops_per_s"],
         )
     )
+    write()
+  if "serve" in sections:
+    results.update(bench_serve(config))
     write()
   if "train" in sections:
     results.update(bench_train(config, results["matmul_flops_per_s"]))
