@@ -8,6 +8,7 @@ JAX_COORDINATOR_ADDRESS) so jax.distributed.initialize() runs first; it finds
 the cluster itself on TPU VMs and SLURM, or from the JAX_* variables.
 """
 
+import logging as pylogging
 import os
 import sys
 
@@ -54,6 +55,9 @@ def main(argv):
   # Orbax logs a failed background save with a traceback from each of its
   # threads; the loop reports the failure once, clearly.
   logging.get_absl_handler().addFilter(_without_tracebacks)
+  # Orbax's own event loops report the same failure again as futures whose
+  # exception "was never retrieved", after the message below.
+  pylogging.getLogger("asyncio").setLevel(pylogging.CRITICAL)
   try:
     train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.start_over)
   except (RunError, WorkdirBusyError) as e:

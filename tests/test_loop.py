@@ -379,11 +379,17 @@ def test_a_full_disk_stops_the_run_clearly_and_keeps_the_checkpoints(
         workdir, data_dir, "--config.train.steps=8", *args, check=False
     )
     assert out.returncode == 1
-    last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith(
+    said = [
+        line
+        for line in out.stderr.splitlines()
+        if line.startswith("dallex: RunError: ")
+    ]
+    assert len(said) == 1, out.stderr[-3000:]
+    assert said[0].startswith(
         "dallex: RunError: could not write checkpoint 4 in "
-    ), out.stderr[-3000:]
-    assert "(No space left on device)" in last and "newest: step 2" in last
+    )
+    assert "(No space left on device)" in said[0]
+    assert "newest: step 2" in said[0]
     step, _, _ = _final_params(workdir)
     assert step == 2
     # With room again, the same command removes the half-written checkpoint
