@@ -176,13 +176,12 @@ class Batcher:
 
   def _draw(self, jobs: list[_Job], rows: int) -> None:
     requests = [j.request for j in jobs]
+    counts = [r.num for r in requests]
     texts = [r.prompt for r in requests for _ in range(r.num)]
-    seeds = np.array([r.seed for r in requests for _ in range(r.num)], np.int32)
-    indices = np.concatenate([np.arange(r.num) for r in requests]).astype(
-        np.int32
-    )
-    truncation = np.array(
-        [r.truncation for r in requests for _ in range(r.num)], np.float32
+    seeds = np.repeat(np.array([r.seed for r in requests], np.int32), counts)
+    indices = np.concatenate([np.arange(n, dtype=np.int32) for n in counts])
+    truncation = np.repeat(
+        np.array([r.truncation for r in requests], np.float32), counts
     )
     size = 1 << (rows - 1).bit_length()  # a power of two: few compilations
     try:

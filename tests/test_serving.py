@@ -2,10 +2,15 @@
 
 import base64
 import concurrent.futures
+import fcntl
 import http.client
 import io
 import json
+import os
+import shutil
+import subprocess
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -219,10 +224,6 @@ class _Chromium:
   so no driver or websocket package is needed."""
 
   def __init__(self, binary, profile):
-    import fcntl
-    import os
-    import subprocess
-
     def above_4(fd):  # so that moving one to 3 or 4 cannot clobber the other
       high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
       os.close(fd)
@@ -245,8 +246,6 @@ class _Chromium:
     self._buffer, self._id, self.session = b"", 0, None
 
   def send(self, method, **params):
-    import os
-
     self._id += 1
     message = {"id": self._id, "method": method, "params": params}
     if self.session and not method.startswith("Target."):
@@ -275,10 +274,6 @@ class _Chromium:
 
 
 def test_a_real_browser_types_a_prompt_and_sees_the_images(server, tmp_path):
-  import os
-  import shutil
-  import time
-
   binary = shutil.which("chromium") or shutil.which("chromium-browser")
   if binary is None:
     pytest.skip("no Chromium here (apt-get install chromium; .ci/run does)")
