@@ -42,6 +42,10 @@ def default_config() -> ml_collections.ConfigDict:
           num_threads=2,  # reader threads (per worker)
           prefetch=4,
           num_workers=0,  # reader processes; >0 on many-core hosts (see pipeline.py)
+          # device: the training set held on the devices and each batch gathered
+          # in the compiled step, when it fits (data/device_cache.py); none: the
+          # Grain pipeline above reads every batch.
+          cache="device",
       )
   )
 

@@ -23,6 +23,7 @@ and images, and all take part in checkpoints.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -39,7 +40,7 @@ from tensorboardX.proto import event_pb2, summary_pb2
 from tqdm import tqdm
 
 from dallex import checkpoint, train, visualize, workdir_lock
-from dallex.data import pipeline, sources
+from dallex.data import device_cache, pipeline, sources
 from dallex.evaluation import suite
 from dallex.objective import GanObjective, build_objective
 from dallex.sampling import Sampler, sample
@@ -189,6 +190,87 @@ def sample_grid(
   return visualize.make_grid(np.asarray(images), s.num_per_prompt)
 
 
+# The data state a checkpoint holds when the batches come from the device
+# cache: their position is the step, so there is nothing else to remember.
+_CACHE_DATA_STATE = {"device_cache": "the position is the step"}
+
+
+def _device_cache(
+    config: ml_collections.ConfigDict,
+    source: sources.Source,
+    sharding: jax.sharding.Sharding,
+    lead: bool,
+) -> device_cache.Cache | None:
+  """The training set on the devices (``data.cache='device'``), or None, and
+  the Grain pipeline reads it, when that is asked for or it cannot be held."""
+  d = config.data
+  if d.cache not in ("device", "none"):
+    raise ValueError(f"data.cache must be 'device' or 'none', got {d.cache!r}")
+  say = (
+      (lambda m: print(f"dallex: {m}", flush=True))
+      if lead
+      else (lambda m: None)
+  )
+  if d.cache == "none":
+    return None
+  if config.train.parallel != "jit":
+    say(
+        "data.cache='device' gathers batches in the jit-compiled step; "
+        "train.parallel='pmap' reads them with the Grain pipeline"
+    )
+    return None
+  started = time.time()
+  cache = device_cache.load(
+      source, resolution=d.resolution, max_length=config.model.text.max_length
+  )
+  n, mb = cache.images.shape[0], cache.nbytes / 2**20
+  if not device_cache.fits(cache.nbytes, jax.devices()[0]):
+    say(
+        f"the training set ({n:,} examples, {mb:,.0f} MB) is more than "
+        f"{device_cache.MEMORY_SHARE:.0%} of a device's memory: it is read "
+        "with the Grain pipeline instead of data.cache='device'"
+    )
+    return None
+  say(
+      f"the training set ({n:,} examples, {mb:,.0f} MB) is held on the devices "
+      f"(read in {time.time() - started:.0f} s; data.cache='none' reads it "
+      "with the Grain pipeline)"
+  )
+  return device_cache.put(cache, sharding)
+
+
+def _resume_data(data_iter, restored, directory: str, config, lead: bool):
+  """Puts the input back where checkpoint ``restored`` left it. The device
+  cache needs nothing (its position is the step); the Grain iterator gets
+  its state back."""
+  from_cache = restored.data == _CACHE_DATA_STATE
+  if data_iter is None:
+    if not from_cache and lead:
+      print(
+          "dallex: this checkpoint's batches came from the Grain pipeline; "
+          "from here on they come from the device cache, in its own order",
+          flush=True,
+      )
+    return
+  if from_cache:
+    if lead:
+      print(
+          "dallex: this checkpoint's batches came from the device cache; the "
+          "Grain pipeline starts its own order from the beginning",
+          flush=True,
+      )
+    return
+  try:
+    data_iter.set_state(restored.data)
+  except (KeyError, TypeError, ValueError) as e:
+    # Grain's iterator state has one layout per reader count.
+    raise ValueError(
+        f"the input pipeline cannot resume from the data state in {directory}/"
+        f"{restored.step} ({type(e).__name__}: {e}); resume with the data.num_workers "
+        f"of the run that saved it (now {config.data.num_workers}; 0 and >0 differ)"
+    ) from e
+
+
 # What a run writes into its workdir, set aside whole by ``start_over``.
 _OUTPUTS = ("checkpoints", "config.json", "metrics.jsonl", "events", "samples")
 
@@ -285,24 +367,30 @@ def _train(
   g_tx, d_tx = train.make_optimizers(config.optim)
 
   source = sources.open_source(config.data, config.data.train_split)
-  dataset = pipeline.make_dataset(
-      source,
-      batch_size=t.batch_size // jax.process_count(),
-      resolution=config.data.resolution,
-      max_length=config.model.text.max_length,
-      seed=config.seed,
-      num_threads=config.data.num_threads,
-      prefetch=config.data.prefetch,
-      num_workers=config.data.num_workers,
-  )
-  data_iter = iter(dataset)
-  cleanup.callback(data_iter.close)  # stops reader processes, if any
-
   mesh = train.data_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch_sharding = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec("data")
   )
+  cached = _device_cache(config, source, replicated, lead)
+  data_iter = None
+  if cached is None:
+    dataset = pipeline.make_dataset(
+        source,
+        batch_size=t.batch_size // jax.process_count(),
+        resolution=config.data.resolution,
+        max_length=config.model.text.max_length,
+        seed=config.seed,
+        num_threads=config.data.num_threads,
+        prefetch=config.data.prefetch,
+        num_workers=config.data.num_workers,
+    )
+    data_iter = iter(dataset)
+    cleanup.callback(data_iter.close)  # stops reader processes, if any
+    data_state = data_iter.get_state
+  else:
+    data_state = lambda: _CACHE_DATA_STATE
+
   res, length = config.data.resolution, config.model.text.max_length
   example = {
       "image": np.zeros((1, res, res, 3), np.float32),
@@ -341,15 +429,7 @@ def _train(
       ) from e.__cause__
   if restored is not None:
     state = restored.state
-    try:
-      data_iter.set_state(restored.data)
-    except (KeyError, TypeError, ValueError) as e:
-      # Grain's iterator state has one layout per reader count.
-      raise ValueError(
-          f"the input pipeline cannot resume from the data state in {ckpt.directory}/"
-          f"{restored.step} ({type(e).__name__}: {e}); resume with the data.num_workers "
-          f"of the run that saved it (now {config.data.num_workers}; 0 and >0 differ)"
-      ) from e
+    _resume_data(data_iter, restored, ckpt.directory, config, lead)
     if lead:
       print(
           f"dallex: resuming from {ckpt.directory}/{restored.step}", flush=True
@@ -371,11 +451,22 @@ def _train(
     local = jax.local_device_count()
     state = train.replicate_for_pmap(jax.device_get(state), local)
     unreplicate = lambda s: jax.tree.map(lambda x: x[0], s)
-    run_step = lambda s, b: compiled(s, train.shard_for_pmap(b, local))
-  else:
+    run_step = lambda s: compiled(
+        s, train.shard_for_pmap(next(data_iter), local)
+    )
+  elif cached is None:
     compiled = train.jit_sharded_step(step_fn, mesh)
     unreplicate = lambda s: s
-    run_step = lambda s, b: compiled(s, _global_batch(b, batch_sharding))
+    run_step = lambda s: compiled(
+        s, _global_batch(next(data_iter), batch_sharding)
+    )
+  else:
+    gather = functools.partial(
+        device_cache.batch, seed=config.seed, batch_size=t.batch_size
+    )
+    compiled = train.jit_cached_step(step_fn, mesh, gather)
+    unreplicate = lambda s: s
+    run_step = lambda s: compiled(s, cached)
 
   try:
     writer = _Writer(workdir, lead)
@@ -386,7 +477,7 @@ def _train(
   config_dict = json.loads(config.to_json_best_effort())
 
   def save(step):
-    ckpt.save(step, unreplicate(state), data_iter.get_state(), config_dict)
+    ckpt.save(step, unreplicate(state), data_state(), config_dict)
 
   def draw(step):
     """The sample grid of ``step``: a PNG in samples/ and an image in TensorBoard."""
@@ -467,7 +558,7 @@ def _train(
   try:
     with _StopSignal() as stop:
       for step in range(start + 1, t.steps + 1):
-        state, metrics = run_step(state, next(data_iter))
+        state, metrics = run_step(state)
         if previous is not None:
           streak = check_finite(*previous, streak)
         previous = (step, metrics["finite"])
@@ -532,4 +623,11 @@ def _train(
         f"events {os.path.join(summary['workdir'], 'events')}; samples {last_sample}",
         flush=True,
     )
+    if out_of_time and step < t.steps:
+      print(
+          f"dallex: the time limit stopped training at step {step} of the "
+          f"{t.steps} planned: the model is not yet trained as far as the "
+          "numbers its config states. The same command continues from here.",
+          flush=True,
+      )
   return summary

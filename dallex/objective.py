@@ -104,7 +104,9 @@ class GanObjective:
 
     return jax.tree.map(roll, text)
 
-  def _generate(self, g_params, batch, key):
+  def generate(self, g_params, batch, key):
+    """G's output for the batch's captions, each example's noise drawn from
+    ``key`` and its index (``batch["index"]``, default its row)."""
     b = batch["ids"].shape[0]
     index = batch.get("index", jnp.arange(b))
     z, eps = noise.latents(key, index, self.z_dim, self.ca_dim)
@@ -133,17 +135,25 @@ class GanObjective:
   # -- the discriminator ---------------------------------------------------
 
   def discriminator_loss(
-      self, d_params, g_params, batch, key, axis_name: str | None = None
+      self,
+      d_params,
+      g_params,
+      batch,
+      key,
+      axis_name: str | None = None,
+      fake: jax.Array | None = None,
   ) -> tuple[jax.Array, Metrics]:
     """Scalar loss for the discriminator tree, and metrics.
 
     Under pmap pass ``axis_name``: the terms that couple examples (mismatched
     captions, InfoNCE) then see the global batch, so the pmean of the
     gradients equals the single-device gradient on the same global batch.
+    ``fake``: the generated images [B, R, R, 3] to judge, when the caller
+    already has them (the train step); by default G draws them with ``key``.
     """
-    g_out = jax.lax.stop_gradient(
-        self._generate(jax.lax.stop_gradient(g_params), batch, key)
-    )
+    if fake is None:
+      fake = self.generate(jax.lax.stop_gradient(g_params), batch, key).images
+    fake = jax.lax.stop_gradient(fake)
     real = batch["image"]
     text = self._text(d_params, batch)
     b = real.shape[0]
@@ -151,7 +161,7 @@ class GanObjective:
     h, _ = self._d(
         d_params,
         "features",
-        jnp.concatenate([real, g_out.images.astype(real.dtype)]),
+        jnp.concatenate([real, fake.astype(real.dtype)]),
     )
     h_real, h_fake = h[:b], h[b:]
     j_real = self._d(d_params, "heads", h_real, text)
@@ -203,8 +213,17 @@ class GanObjective:
       self, g_params, d_params, batch, key, axis_name: str | None = None
   ) -> tuple[jax.Array, Metrics]:
     """Scalar loss for the generator tree, and metrics (``axis_name``: as for D)."""
+    return self.generator_output_loss(
+        self.generate(g_params, batch, key), d_params, batch, axis_name
+    )
+
+  def generator_output_loss(
+      self, g_out, d_params, batch, axis_name: str | None = None
+  ) -> tuple[jax.Array, Metrics]:
+    """``generator_loss`` as a function of G's output ``g_out``: the train step
+    differentiates it with respect to ``g_out`` and pulls that back through
+    the one generator pass it shares with the discriminator update."""
     d_params = jax.lax.stop_gradient(d_params)
-    g_out = self._generate(g_params, batch, key)
     fake = g_out.images
     text = self._text(d_params, batch)
     h_fake, f_fake = self._d(d_params, "features", fake)

@@ -2,8 +2,8 @@
 
     state, metrics = train_step(state, batch)   # D update(s), G update, EMA
 
-Randomness: step t uses fold_in(seed_key, t); the d-th discriminator update
-and the generator update fold in their own constants; every example's noise
+Randomness: step t uses fold_in(seed_key, t); the generator pass folds in
+``d_steps``, a d-th discriminator update after the first its own d; every example's noise
 then comes from its global index in the batch (``dallex.noise``), so the
 single-device, jit-sharded and pmap steps draw the same numbers.
 
@@ -145,6 +145,16 @@ def train_step(
       else (lambda t: jax.lax.pmean(t, axis_name))
   )
 
+  # One generator pass serves both players: its images are the first D
+  # update's fakes, and the G update pulls its gradient back through it. (Its
+  # text features, which G's loss does not read, are dropped: their mask is
+  # boolean and has no gradient.)
+  g_out, g_pullback = jax.vjp(
+      lambda p: objective.generate(
+          p, batch, jax.random.fold_in(key, d_steps)
+      )._replace(text=None),
+      state.g_params,
+  )
   d_params, d_opt_state, finite = (
       state.d_params,
       state.d_opt_state,
@@ -152,9 +162,18 @@ def train_step(
   )
   metrics: Metrics = {}
   for i in range(d_steps):
+    # Later D updates of a step judge fakes of their own noise.
+    fake = g_out.images if i == 0 else None
     (_, d_metrics), d_grads = jax.value_and_grad(
         objective.discriminator_loss, has_aux=True
-    )(d_params, state.g_params, batch, jax.random.fold_in(key, i), axis_name)
+    )(
+        d_params,
+        state.g_params,
+        batch,
+        jax.random.fold_in(key, i),
+        axis_name,
+        fake,
+    )
     d_grads, d_metrics = reduce(d_grads), reduce(d_metrics)
     d_metrics["d_grad_norm"] = optax.tree.norm(d_grads)
     finite &= _all_finite(d_metrics)
@@ -162,15 +181,10 @@ def train_step(
     d_params = optax.apply_updates(d_params, updates)
     metrics.update(d_metrics)
 
-  (_, g_metrics), g_grads = jax.value_and_grad(
-      objective.generator_loss, has_aux=True
-  )(
-      state.g_params,
-      d_params,
-      batch,
-      jax.random.fold_in(key, d_steps),
-      axis_name,
-  )
+  (_, g_metrics), out_grads = jax.value_and_grad(
+      objective.generator_output_loss, has_aux=True
+  )(g_out, d_params, batch, axis_name)
+  (g_grads,) = g_pullback(out_grads)
   g_grads, g_metrics = reduce(g_grads), reduce(g_metrics)
   g_metrics["g_grad_norm"] = optax.tree.norm(g_grads)
   finite &= _all_finite(g_metrics)
@@ -242,6 +256,29 @@ def jit_sharded_step(step_fn: Callable, mesh: Mesh) -> Callable:
   return jax.jit(
       step_fn,
       in_shardings=(replicated, sharded),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+  )
+
+
+def jit_cached_step(
+    step_fn: Callable, mesh: Mesh, gather: Callable
+) -> Callable:
+  """``step_fn`` compiled to read its own batch: ``(state, cache) -> (state,
+  metrics)`` with ``gather(cache, state.step)`` the step's batch, sharded over
+  ``data``; the state and the cache (``dallex.data.device_cache``) replicated,
+  the state's buffers donated. No host work per step.
+  """
+  replicated = NamedSharding(mesh, P())
+  sharded = NamedSharding(mesh, P("data"))
+
+  def step(state, cache):
+    batch = jax.lax.with_sharding_constraint(gather(cache, state.step), sharded)
+    return step_fn(state, batch)
+
+  return jax.jit(
+      step,
+      in_shardings=(replicated, replicated),
       out_shardings=(replicated, replicated),
       donate_argnums=0,
   )

@@ -6,8 +6,11 @@ file and a sheet of the worst samples.
 
 Per split: the shapes checker's accuracies (dallex_shapes), R-precision from
 the model's own contrastive heads, FID/KID when --inception names converted
-weights (see dallex/evaluation/inception.py). The worst-scored samples of the
-first split, with their captions and what was wrong, go to --worst_png.
+weights (see dallex/evaluation/inception.py). On dallex_shapes, the diversity
+ratios (dallex/evaluation/diversity.py): how much a caption's noise seeds vary
+its objects' centre, size and colour against the dataset's own jitter. The
+worst-scored samples of the first split, with their captions and what was
+wrong, go to --worst_png.
 """
 
 import json
@@ -32,6 +35,19 @@ flags.DEFINE_integer(
     lower_bound=1,
 )
 flags.DEFINE_integer("seed", 0, "Noise seed.", lower_bound=0)
+flags.DEFINE_integer(
+    "diversity_captions",
+    100,
+    "dallex_shapes: captions of the first split drawn diversity_seeds times each "
+    "to compare their spread with the data's (0: skip).",
+    lower_bound=0,
+)
+flags.DEFINE_integer(
+    "diversity_seeds",
+    16,
+    "Images per caption for the diversity ratios.",
+    lower_bound=2,
+)
 flags.DEFINE_string("out", "eval.json", "JSON to write.")
 flags.DEFINE_string(
     "worst_png", None, "PNG of the worst samples (default: next to --out)."
@@ -93,6 +109,15 @@ def main(argv):
     )
     results[split] = result.metrics
     first = first or result
+  spread = None
+  if data.name == "dallex_shapes" and FLAGS.diversity_captions:
+    spread = suite.diversity_report(
+        sampler,
+        suite.load_eval_set(data, splits[0], FLAGS.diversity_captions),
+        FLAGS.diversity_captions,
+        FLAGS.diversity_seeds,
+        FLAGS.seed,
+    )
   report = dict(
       workdir=os.path.abspath(FLAGS.workdir),
       step=sampler.step,
@@ -101,6 +126,8 @@ def main(argv):
       ema=FLAGS.ema,
       splits=results,
   )
+  if spread is not None:
+    report["diversity"] = spread
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   with open(FLAGS.out, "w") as f:
     json.dump(report, f, indent=2)
@@ -109,6 +136,15 @@ def main(argv):
   )
   print(f"step {sampler.step}, seed {FLAGS.seed}, {FLAGS.workdir}")
   print(suite.format_table(results))
+  if spread is not None:
+    print(
+        f"diversity over {FLAGS.diversity_captions} {splits[0]} captions x "
+        f"{FLAGS.diversity_seeds} seeds, generated / real spread: "
+        + ", ".join(
+            f"{k} {spread[f'{k}_ratio']:.2f}"
+            for k in ("centre", "size", "colour")
+        )
+    )
   print(
       f"-> {FLAGS.out}"
       + (f"; worst samples of {splits[0]} -> {worst}" if worst else "")

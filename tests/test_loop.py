@@ -238,6 +238,11 @@ def test_time_limit_saves_and_stops_at_a_log_step(tmp_path, data_dir):
       "dallex: step 2/100000 (stopped by the time limit of 0.0001 min)"
       in out.stdout
   )
+  assert (
+      "the time limit stopped training at step 2 of the 100000 planned: the "
+      "model is not yet trained" in out.stdout
+      and "The same command continues from here." in out.stdout
+  )
   assert os.listdir(workdir / "checkpoints") == ["2"]
   # A finished run's grid.
   assert os.listdir(workdir / "samples") == ["step_0000002.png"]

@@ -287,6 +287,18 @@ def sample_scene(
     size = tuple(SIZES)[int(u[2 + 3 * i] * len(SIZES))]
     cell = CELLS[free.pop(int(u[3 + 3 * i] * len(free)))]
     attrs.append((colour, shape, size, cell))
+  return place_scene(rng, attrs, resolution, max_tries)
+
+
+def place_scene(
+    rng: np.random.Generator,
+    attrs: Sequence[tuple[str, str, str, str]],
+    resolution: int,
+    max_tries: int = 1000,
+) -> list[ShapeObject]:
+  """The named objects ((colour, shape, size, cell) each) jittered as the
+  dataset draws them, placed without overlap: one of the scenes a caption
+  describes."""
   for _ in range(max_tries):
     objects = [_place(rng, *a) for a in attrs]
     if all(

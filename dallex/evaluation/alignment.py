@@ -11,7 +11,8 @@ reads an image the way the shapes spec (``dallex.data.shapes``) draws one:
    IoU over a small grid of centres and sides around the component's bounding
    box; its size is small or large by that side (threshold halfway between
    the largest small and the smallest large side of the spec); its cell is
-   where its bounding-box centre falls on the 3x3 grid;
+   where its bounding-box centre falls on the 3x3 grid; its measured centre
+   (the centroid, pixels) and mean colour are kept for ``dallex.evaluation.diversity``;
 3. intended objects are matched one-to-one to detected ones so that the most
    attributes agree; an intended object without a match is missing (every
    attribute wrong) and detected objects left over are extras.
@@ -60,6 +61,8 @@ class Detected:
   area: int
   side: float  # Fitted template side, as a fraction of the canvas.
   iou: float  # Fitted template's IoU with the component.
+  center: tuple[float, float]  # (x, y) of the component's centroid, in pixels.
+  rgb: tuple[float, float, float]  # The component's mean colour.
 
   def attributes(self) -> dict[str, str]:
     return {a: getattr(self, a) for a in ATTRIBUTES}
@@ -74,6 +77,7 @@ class ObjectVerdict:
   size: bool
   cell: bool
   found: bool
+  match: Detected | None = None  # The detected object it was matched to.
 
   @property
   def right(self) -> bool:
@@ -169,9 +173,18 @@ def detect(image: np.ndarray) -> list[Detected]:
     rows, cols = box
     col = min(2, int((cols.start + cols.stop) / 2.0 / resolution * 3))
     row = min(2, int((rows.start + rows.stop) / 2.0 / resolution * 3))
+    ys, xs = np.nonzero(component)
     found.append(
         Detected(
-            colour, shape, size, shapes.CELLS[3 * row + col], area, side, iou
+            colour,
+            shape,
+            size,
+            shapes.CELLS[3 * row + col],
+            area,
+            side,
+            iou,
+            (float(xs.mean()) + 0.5, float(ys.mean()) + 0.5),
+            tuple(float(v) for v in image[component].mean(axis=0)),
         )
     )
   return sorted(found, key=lambda d: -d.area)
@@ -213,7 +226,9 @@ def check(image: np.ndarray, intended: Sequence[dict[str, str]]) -> Verdict:
       verdicts.append(ObjectVerdict(False, False, False, False, found=False))
     else:
       verdicts.append(
-          ObjectVerdict(*_agreement(obj, candidates[j]), found=True)
+          ObjectVerdict(
+              *_agreement(obj, candidates[j]), found=True, match=candidates[j]
+          )
       )
   matched = sum(j is not None for j in (best or ()))
   return Verdict(tuple(verdicts), len(detected) - matched, tuple(detected))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from dallex.data import shapes, sources
 from dallex.data.images import center_crop_resize
-from dallex.evaluation import alignment, fid, rprecision
+from dallex.evaluation import alignment, diversity, fid, rprecision
 from dallex.sampling import pad_rows
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]
@@ -220,6 +220,40 @@ def evaluate(
         real_features, fake_features
     )
   return Evaluation(metrics, images, list(eval_set.captions), scores, notes)
+
+
+def diversity_report(
+    sampler,
+    eval_set: EvalSet,
+    num_captions: int = 100,
+    k: int = 16,
+    seed: int = 0,
+) -> dict[str, float]:
+  """``dallex.evaluation.diversity`` on the first ``num_captions`` captions of
+  a shapes split: K noise seeds each against K scenes the spec draws for them.
+
+  Returns ``{centre,size,colour}_ratio`` (generated / real) and both sides'
+  spreads as ``generated_*`` and ``real_*``.
+  """
+  if eval_set.intended is None:
+    raise ValueError(f"{eval_set.name}: diversity needs the shapes checker")
+  captions = eval_set.captions[:num_captions]
+  intended = eval_set.intended[:num_captions]
+  resolution = eval_set.images.shape[1]
+  generated = sampler.generate(captions, seed=seed, num_per_prompt=k).reshape(
+      len(captions), k, resolution, resolution, 3
+  )
+  real = diversity.real_renders(
+      intended, k, resolution, np.random.default_rng(seed)
+  )
+  spreads = {
+      "generated": diversity.spread(generated, intended),
+      "real": diversity.spread(real, intended),
+  }
+  out = diversity.ratios(spreads["generated"], spreads["real"])
+  for side, values in spreads.items():
+    out.update({f"{side}_{name}": v for name, v in values.items()})
+  return out
 
 
 def worst_samples_png(

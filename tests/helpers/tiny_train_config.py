@@ -14,6 +14,9 @@ from conftest import tiny_config  # noqa: E402
 def get_config():
   c = tiny_config(resolution=32)
   c.data.num_threads = 1
+  # The loop tests train on the full 50,000-example shapes, which take 20 s to
+  # load into the device cache; test_device_cache trains from the cache.
+  c.data.cache = "none"
   c.train.update(steps=4, batch_size=8, log_every=1, max_nonfinite=3)
   c.train.checkpoint_every = c.train.sample_every = 2
   c.optim.g.lr = c.optim.d.lr = 1e-3
