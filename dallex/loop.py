@@ -1,16 +1,18 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
 It resumes from the newest good checkpoint in ``workdir`` (state and data
-position), runs the compiled step, logs metrics (``metrics.jsonl`` and
-TensorBoard events), draws a sample grid for fixed prompts and seeds every
-``train.sample_every`` steps, evaluates (``dallex.evaluation``) every
-``evals.every`` steps, checkpoints every ``train.checkpoint_every`` steps, at
-the end and on SIGTERM/SIGINT, and stops with ``NonFiniteError`` after
-``train.max_nonfinite`` non-finite steps in a row. ``train.max_minutes``
-caps the wall time of one invocation (checked at log steps; the run saves
-and leaves as on a signal, and a later call resumes). With several JAX
-processes, each reads its own shard of the data, process 0 alone writes logs
-and images, and all take part in checkpoints.
+position), reads the training set onto the devices when it fits
+(``data.cache``; else the Grain pipeline feeds each step), runs the compiled
+step, logs metrics (``metrics.jsonl`` and TensorBoard events), draws a
+sample grid for fixed prompts and seeds every ``train.sample_every`` steps,
+evaluates (``dallex.evaluation``) every ``evals.every`` steps, checkpoints
+every ``train.checkpoint_every`` steps, at the end and on SIGTERM/SIGINT,
+and stops with ``NonFiniteError`` after ``train.max_nonfinite`` non-finite
+steps in a row. ``train.max_minutes`` caps the wall time of one invocation
+(checked at log steps; the run saves and leaves as on a signal, and a later
+call resumes). With several JAX processes, each reads its own shard of the
+data (or holds the whole set in the device cache), process 0 alone writes
+logs and images, and all take part in checkpoints.
 
     workdir/lock                   held by the trainer (dallex.workdir_lock)
     workdir/config.json            the resolved config

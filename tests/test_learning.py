@@ -1,4 +1,5 @@
-"""A short real training run must learn: the checker scores it far above chance.
+"""A short real training run must learn what the caption asks: the checker
+scores it far above chance, with no extra objects.
 
 About 2 minutes on 2 cores, so it runs in every `make test`.
 """
@@ -36,9 +37,15 @@ def test_200_steps_of_shapes32_place_objects_far_above_chance(
              env=env, timeout=1800, check=True)
   run_python("-m", "experiments.evaluate", f"--workdir={run}", "--split=test",
              "--num=300", f"--out={tmp_path / 'eval.json'}", f"--data_dir={data_dir}",
-             env=env, check=True)
+             "--diversity_captions=0", env=env, check=True)
   # fmt: on
   metrics = json.loads((tmp_path / "eval.json").read_text())["splits"]["test"]
-  # Measured: cell 0.85 at 200 steps (0.83 under the unoptimised backend). A
-  # model that stopped learning places objects at chance (1/9) or draws none.
-  assert metrics["cell_accuracy"] > 3 * CHANCE_CELL, metrics
+  # What 200 steps learn of a caption is where each object goes, one object
+  # per object asked for. Measured on three seeds (2026-12-02): cell accuracy
+  # 0.84 / 0.88 / 0.88, no extra objects 0.98 on each
+  # (colour, shape and size still at chance). A generator that ignores the
+  # caption places objects at chance (1/9: every cell is equally likely in the
+  # data), and one that draws several blobs to catch the asked-for cell draws
+  # extras, so it fails the second test.
+  assert metrics["cell_accuracy"] > 5 * CHANCE_CELL, metrics
+  assert metrics["no_extra_rate"] > 0.9, metrics

@@ -191,10 +191,16 @@ def test_evaluate_cli_writes_json_table_and_worst_samples(
   # fmt: off
   out = run_python("-m", "experiments.evaluate", f"--workdir={tiny_run[0]}", "--num=12",
                    "--batch_size=12", f"--out={tmp_path / 'eval.json'}",
+                   "--diversity_captions=6", "--diversity_seeds=4",
                    f"--data_dir={full_shapes_r32.data_dir_root}", check=True)
   # fmt: on
   report = json.loads((tmp_path / "eval.json").read_text())
   assert report["step"] == 6 and sorted(report["splits"]) == ["heldout", "test"]
+  spread = report["diversity"]
+  # The real renders' spread is the spec's jitter, whatever the model draws.
+  assert spread["real_centre"] > 0.3 and spread["real_colour"] > 3.0
+  assert {"centre_ratio", "size_ratio", "colour_ratio"} <= set(spread)
+  assert "diversity over 6 test captions x 4 seeds" in out.stdout
   for metrics in report["splits"].values():
     assert metrics["num_images"] == 12
     for name in (
