@@ -2,10 +2,11 @@
 
     state, metrics = train_step(state, batch)   # D update(s), G update, EMA
 
-Randomness: step t uses fold_in(seed_key, t); the generator pass folds in
-``d_steps``, a d-th discriminator update after the first its own d; every example's noise
-then comes from its global index in the batch (``dallex.noise``), so the
-single-device, jit-sharded and pmap steps draw the same numbers.
+Randomness: step t uses fold_in(seed_key, t); the step's one generator pass
+folds in ``d_steps``, and the d-th discriminator update (d >= 1, when
+``d_steps > 1``) its own d; every example's noise then comes from its global
+index in the batch (``dallex.noise``), so the single-device, jit-sharded and
+pmap steps draw the same numbers.
 
 Non-finite guard: if any loss or gradient of a step is not finite, the step
 leaves every parameter and optimiser state unchanged, ``nonfinite`` counts the

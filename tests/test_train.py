@@ -240,16 +240,33 @@ def test_ema_decay_warms_up():
 
 
 def test_two_processes_train_like_one(tmp_path):
-  """jax.distributed on localhost: two processes, each with half of the global batch."""
+  """jax.distributed on localhost: two processes, each with half of the global
+  batch, train like one; on one shared data directory, process 0 builds a
+  missing dataset while the other waits, and the device cache gives both the
+  batches one process gets."""
   import socket
+
+  from PIL import Image
 
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
+  folder = tmp_path / "folder"
+  folder.mkdir()
+  with open(folder / "metadata.jsonl", "w") as f:
+    for i in range(20):
+      Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(folder / f"{i}.png")
+      f.write(
+          json.dumps({"file_name": f"{i}.png", "text": f"image {i}"}) + "\n"
+      )
   helper = "tests/helpers/multihost_train.py"
+  shared, alone = str(tmp_path / "shared_data"), str(tmp_path / "own_data")
   # The single-process reference runs alongside: compiling is mostly single-threaded.
-  runs = [[str(i), str(tmp_path / f"p{i}.npy"), str(port)] for i in range(2)]
-  runs.append(["single", str(tmp_path / "single.npy")])
+  runs = [
+      [str(i), str(tmp_path / f"p{i}.npy"), str(folder), shared, str(port)]
+      for i in range(2)
+  ]
+  runs.append(["single", str(tmp_path / "single.npy"), str(folder), alone])
   procs = [
       subprocess.Popen(
           [sys.executable, helper, *args],
@@ -274,3 +291,10 @@ def test_two_processes_train_like_one(tmp_path):
   # at step 1 already; the last step bounds how far the runs drift apart.
   np.testing.assert_allclose(p0[0], one[0], atol=1e-5)
   np.testing.assert_allclose(p0[-1], one[-1], atol=2e-3)
+  # TFDS announces a build; only process 0 built the shared one.
+  built = ["Downloading and preparing" in out + err for out, err in outs]
+  assert built == [True, False, True], [err[-2000:] for _, err in outs]
+  ids = [np.load(tmp_path / f"{n}_ids.npy") for n in ("p0", "p1", "single")]
+  assert ids[0].shape == (3, 8, 48)
+  np.testing.assert_array_equal(ids[0], ids[2])
+  np.testing.assert_array_equal(ids[1], ids[2])

@@ -4,16 +4,16 @@
     arrays = device_cache.put(cache, sharding)                      # onto the devices
     batch = device_cache.batch(arrays, step, seed=s, batch_size=B)  # inside jit
 
-Which examples a step reads is a function of (seed, step) alone. Epoch
-``e = step // (N // B)`` visits the N examples in the order of a permutation
-seeded by (seed, e): a Feistel network over the example index, evaluated for
-just the B positions the step needs, so there is no host work and no sort of
-N keys per step (``jax.random.permutation`` of 50,000 took 65 ms on 2 CPU
-cores, an eighth of a ``shapes32`` step). Each example's caption is drawn with
-the key of (seed, step). So the same seed gives the same batches on any number
-of devices or hosts, and a resumed run continues with the next batch: its
-position is the step. As in the Grain pipeline, the ``N % B`` examples an
-epoch's permutation puts last are not read in that epoch.
+Which examples a step reads is a function of (seed, step) alone. Epoch ``e =
+step // (N // B)`` visits the N examples in the order of a permutation seeded
+by (seed, e): a Feistel network over the example index, evaluated for just
+the B positions the step needs, so there is no host work and no sort of N
+keys per step (docs/data.md says what that sort costs). Each example's
+caption is drawn with the key of (seed, step). So the same seed gives the
+same batches on any number of devices or hosts, and a resumed run continues
+with the next batch: its position is the step. As in the Grain pipeline, the
+``N % B`` examples an epoch's permutation puts last are not read in that
+epoch.
 
 A caption-folder or TFDS example may have several captions: ``ids`` holds up
 to the most any example has, ``num_captions`` how many each has.

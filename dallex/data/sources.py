@@ -15,8 +15,10 @@ import os
 from typing import Any
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from dallex.data import caption_folder, shapes_builder
 
@@ -76,8 +78,22 @@ class Source:
     )
 
 
+def _prepare(builder) -> None:
+  """Builds a missing dataset once. With several JAX processes, process 0
+  builds it while the others wait at a barrier, then they read it (hosts
+  sharing ``data_dir`` find it built; hosts with their own build their own)."""
+  if jax.process_count() == 1:
+    builder.download_and_prepare()
+    return
+  if jax.process_index() == 0:
+    builder.download_and_prepare()
+  multihost_utils.sync_global_devices(f"dallex: {builder.info.full_name} ready")
+  if jax.process_index() != 0:
+    builder.download_and_prepare()
+
+
 def open_source(data_config, split: str) -> Source:
-  """Opens (building first if needed) the dataset a config names.
+  """Opens (building first if needed, on process 0 first) the dataset a config names.
 
   Args:
     data_config: a ConfigDict with ``name`` (``dallex_shapes``, ``caption_folder``
@@ -98,7 +114,7 @@ def open_source(data_config, split: str) -> Source:
     builder = shapes_builder.DallexShapes(
         config=f"r{data_config.resolution}", data_dir=data_dir
     )
-    builder.download_and_prepare()
+    _prepare(builder)
     return Source(builder.as_data_source(split=split), "image", "caption")
   if name == "caption_folder":
     if not data_config.path:
@@ -109,7 +125,7 @@ def open_source(data_config, split: str) -> Source:
     builder = caption_folder.caption_folder_builder(
         data_config.path, data_config.resolution, data_dir
     )
-    builder.download_and_prepare()
+    _prepare(builder)
     return Source(builder.as_data_source(split=split), "image", "captions")
   try:
     data = tfds.data_source(name, split=split, data_dir=data_dir)

@@ -1,8 +1,11 @@
 """Trains 3 steps of the tiny model on a fixed global batch of 8, and saves the
-parameters after each step as a [3, P] array (one flat vector per step).
+parameters after each step as a [3, P] array (one flat vector per step); then
+opens a caption folder (built into DATA_DIR if missing), holds it in the
+device cache and saves the token ids of its first 3 batches of 8 ([3, 8, L],
+OUT with _ids before .npy).
 
-    python multihost_train.py single OUT.npy
-    python multihost_train.py PROCESS_ID OUT.npy PORT   # one of two processes
+    python multihost_train.py single OUT.npy FOLDER DATA_DIR
+    python multihost_train.py PROCESS_ID OUT.npy FOLDER DATA_DIR PORT   # one of two processes
 
 Each of the two processes feeds only its half of the global batch; the jit-
 sharded step assembles the global arrays and all-reduces across processes.
@@ -15,11 +18,11 @@ import warnings
 warnings.filterwarnings("ignore")
 import jax  # noqa: E402
 
-mode, out_path = sys.argv[1], sys.argv[2]
+mode, out_path, folder, data_dir = sys.argv[1:5]
 if mode != "single":
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(
-      coordinator_address=f"127.0.0.1:{sys.argv[3]}",
+      coordinator_address=f"127.0.0.1:{sys.argv[5]}",
       num_processes=2,
       process_id=int(mode),
   )
@@ -72,6 +75,28 @@ for batch in global_batches:
       )
   )
 np.save(out_path, np.stack(flats))
+
+from jax.experimental import multihost_utils  # noqa: E402
+from dallex.data import device_cache, sources  # noqa: E402
+
+data = config.data
+data.update(name="caption_folder", path=folder, data_dir=data_dir)
+source = sources.open_source(data, "train")
+cache = device_cache.put(
+    device_cache.load(
+        source, resolution=8, max_length=config.model.text.max_length
+    ),
+    replicated,
+)
+gather = jax.jit(
+    functools.partial(device_cache.batch, seed=0, batch_size=8),
+    out_shardings=sharded,
+)
+ids = [
+    multihost_utils.process_allgather(gather(cache, s)["ids"], tiled=True)
+    for s in range(3)
+]
+np.save(out_path.replace(".npy", "_ids.npy"), np.stack(ids))
 print(
     "devices",
     jax.device_count(),
