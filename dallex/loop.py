@@ -496,14 +496,16 @@ def _train(
       )
 
   eval_sets = {}
-  if config.evals.every and lead:
+  if config.evals.every:
+    # Every process opens them (opening a dataset is a barrier across
+    # processes); process 0 alone evaluates.
     eval_sets = {
         split: suite.load_eval_set(config.data, split, config.evals.num)
         for split in config.evals.splits
     }
 
   def run_evals(step):
-    if not eval_sets:
+    if not eval_sets or not lead:
       return
     current = jax.device_get(unreplicate(state))
     sampler = Sampler(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -78,22 +78,25 @@ class Source:
     )
 
 
-def _prepare(builder) -> None:
-  """Builds a missing dataset once. With several JAX processes, process 0
-  builds it while the others wait at a barrier, then they read it (hosts
-  sharing ``data_dir`` find it built; hosts with their own build their own)."""
-  if jax.process_count() == 1:
-    builder.download_and_prepare()
-    return
-  if jax.process_index() == 0:
-    builder.download_and_prepare()
-  multihost_utils.sync_global_devices(f"dallex: {builder.info.full_name} ready")
-  if jax.process_index() != 0:
-    builder.download_and_prepare()
+def _prepared(make_builder: Callable[[], Any], what: str) -> Any:
+  """The builder ``make_builder()`` gives, its dataset built if missing. With
+  several JAX processes, process 0 builds it while the others wait at a
+  barrier; they make their builder after it (a builder reads the dataset's
+  splits when made), then find it built on a shared ``data_dir`` or build
+  their own on a local one."""
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      make_builder().download_and_prepare()
+    multihost_utils.sync_global_devices(f"dallex: {what} ready")
+  builder = make_builder()
+  builder.download_and_prepare()
+  return builder
 
 
 def open_source(data_config, split: str) -> Source:
-  """Opens (building first if needed, on process 0 first) the dataset a config names.
+  """Opens (building first if needed) the dataset a config names. With
+  several JAX processes every process must call it: process 0 builds a
+  missing dataset while the others wait.
 
   Args:
     data_config: a ConfigDict with ``name`` (``dallex_shapes``, ``caption_folder``
@@ -111,10 +114,12 @@ def open_source(data_config, split: str) -> Source:
           f"data.resolution={data_config.resolution}: dallex_shapes is made at "
           f"{' and '.join(map(str, have))} px only"
       )
-    builder = shapes_builder.DallexShapes(
-        config=f"r{data_config.resolution}", data_dir=data_dir
+    builder = _prepared(
+        lambda: shapes_builder.DallexShapes(
+            config=f"r{data_config.resolution}", data_dir=data_dir
+        ),
+        f"dallex_shapes r{data_config.resolution}",
     )
-    _prepare(builder)
     return Source(builder.as_data_source(split=split), "image", "caption")
   if name == "caption_folder":
     if not data_config.path:
@@ -122,10 +127,12 @@ def open_source(data_config, split: str) -> Source:
           "data.name='caption_folder' needs data.path, the folder of images "
           "and metadata.jsonl (--config.data.path=DIR)"
       )
-    builder = caption_folder.caption_folder_builder(
-        data_config.path, data_config.resolution, data_dir
+    builder = _prepared(
+        lambda: caption_folder.caption_folder_builder(
+            data_config.path, data_config.resolution, data_dir
+        ),
+        f"caption folder {data_config.path}",
     )
-    _prepare(builder)
     return Source(builder.as_data_source(split=split), "image", "captions")
   try:
     data = tfds.data_source(name, split=split, data_dir=data_dir)
