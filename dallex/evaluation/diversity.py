@@ -75,26 +75,13 @@ def real_renders(
     rng: np.random.Generator,
 ) -> np.ndarray:
   """uint8 [C, K, R, R, 3]: K scenes the shapes spec draws for each caption."""
+
+  def scene(objects):
+    attrs = [tuple(o[a] for a in alignment.ATTRIBUTES) for o in objects]
+    return shapes.render(shapes.place_scene(rng, attrs, resolution), resolution)
+
   return np.stack(
-      [
-          np.stack(
-              [
-                  shapes.render(
-                      shapes.place_scene(
-                          rng,
-                          [
-                              tuple(o[a] for a in alignment.ATTRIBUTES)
-                              for o in objects
-                          ],
-                          resolution,
-                      ),
-                      resolution,
-                  )
-                  for _ in range(k)
-              ]
-          )
-          for objects in intended
-      ]
+      [np.stack([scene(objects) for _ in range(k)]) for objects in intended]
   )
 
 
