@@ -80,9 +80,7 @@ def load(
         _read(source.data, start, min(n, start + chunk))
     ):
       image, texts = source.extract(example)
-      if image.shape != (resolution, resolution, 3):
-        image = center_crop_resize(image, resolution)
-      images[start + i] = image
+      images[start + i] = center_crop_resize(image, resolution)
       captions.append(tokenizer.encode(texts)[0].astype(np.int16))
   num_captions = np.array([len(c) for c in captions], np.int32)
   ids = np.full((n, num_captions.max(), max_length), PAD_ID, np.int16)

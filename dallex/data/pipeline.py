@@ -46,12 +46,7 @@ class _PrepareExample:
     # One caption per visit, from the seeded per-element rng: each epoch can see
     # a different caption of the same image, reproducibly.
     text = captions[int(rng.integers(len(captions)))]
-    if (
-        image.shape[:2] != (self.resolution, self.resolution)
-        or image.ndim != 3
-        or image.shape[2] != 3
-    ):
-      image = center_crop_resize(image, self.resolution)
+    image = center_crop_resize(image, self.resolution)
     ids, mask = self.tokenizer.encode([text])
     return {
         "image": image.astype(np.float32) / 127.5 - 1.0,

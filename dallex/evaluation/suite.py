@@ -60,9 +60,7 @@ def load_eval_set(data_config, split: str, num: int) -> EvalSet:
   for i in range(n):
     example = source.data[i]
     image, texts = source.extract(example)
-    if image.shape != (res, res, 3):
-      image = center_crop_resize(image, res)
-    images.append(image)
+    images.append(center_crop_resize(image, res))
     captions.append(texts[0])
     if data_config.name == "dallex_shapes":
       intended.append(
