@@ -128,6 +128,29 @@ def shapes_build(
   return builder
 
 
+def memory_source(n, captions_per_example=1):
+  """A ``Source`` of n examples in memory: example i is an 8 px image of
+  value i with captions "example i caption j"; ``captions_per_example`` is
+  a count, or a function of i giving each example's."""
+  import numpy as np
+
+  from dallex.data.sources import Source
+
+  count = (
+      captions_per_example
+      if callable(captions_per_example)
+      else lambda i: captions_per_example
+  )
+  data = [
+      {
+          "image": np.full((8, 8, 3), i, np.uint8),
+          "caption": [f"example {i} caption {j}" for j in range(count(i))],
+      }
+      for i in range(n)
+  ]
+  return Source(data, "image", "caption")
+
+
 def one_shard_dataset(source, **kwargs):
   """``pipeline.make_dataset`` as one process of one reads it: batches of 4,
   8 px, captions of 32 tokens, seed 0, unless ``kwargs`` say otherwise."""

@@ -10,26 +10,12 @@ import numpy as np
 import pytest
 
 from dallex.data import device_cache
-from dallex.data.sources import Source
 from dallex.text import ByteTokenizer
 
+from conftest import memory_source
 from conftest import run_python
 from conftest import train_cli as _train
 from test_loop import _final_params, _train_rows
-
-
-def _memory_source(n, captions_per_example):
-  """Example i: an 8 px image of value i and ``captions_per_example(i)`` captions."""
-  data = [
-      {
-          "image": np.full((8, 8, 3), i, np.uint8),
-          "caption": [
-              f"example {i} caption {j}" for j in range(captions_per_example(i))
-          ],
-      }
-      for i in range(n)
-  ]
-  return Source(data, "image", "caption")
 
 
 def _indices(seed, steps, batch_size, n):
@@ -62,7 +48,7 @@ def test_each_epoch_reads_every_example_at_most_once_in_its_own_seeded_order():
 
 
 def test_batches_hold_the_examples_images_and_one_of_their_captions():
-  source = _memory_source(40, captions_per_example=lambda i: 1 + i % 3)
+  source = memory_source(40, captions_per_example=lambda i: 1 + i % 3)
   cache = device_cache.load(source, resolution=8, max_length=32)
   assert cache.images.shape == (40, 8, 8, 3) and cache.ids.shape == (40, 3, 32)
   np.testing.assert_array_equal(cache.num_captions, 1 + np.arange(40) % 3)
@@ -85,9 +71,7 @@ def test_batches_hold_the_examples_images_and_one_of_their_captions():
 
 
 def test_a_set_smaller_than_a_batch_is_refused():
-  cache = device_cache.load(
-      _memory_source(3, lambda i: 1), resolution=8, max_length=32
-  )
+  cache = device_cache.load(memory_source(3), resolution=8, max_length=32)
   with pytest.raises(ValueError, match="3 examples, fewer than one batch of 8"):
     device_cache.batch(cache, 0, seed=0, batch_size=8)
 
@@ -107,11 +91,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, "tests")
 from dallex import train
 from dallex.data import device_cache
-from test_device_cache import _memory_source
+from conftest import memory_source
 assert jax.device_count() == 8
 mesh = train.data_mesh()
 cache = device_cache.put(
-    device_cache.load(_memory_source(100, lambda i: 2), resolution=8, max_length=32),
+    device_cache.load(memory_source(100, 2), resolution=8, max_length=32),
     NamedSharding(mesh, P()),
 )
 gather = jax.jit(
@@ -124,9 +108,7 @@ print(json.dumps([np.asarray(gather(cache, s)["ids"]).tolist() for s in range(8)
 
 def test_the_same_batches_on_one_device_and_on_eight():
   out = run_python("-c", _EIGHT_DEVICES, devices=8, check=True)
-  cache = device_cache.load(
-      _memory_source(100, lambda i: 2), resolution=8, max_length=32
-  )
+  cache = device_cache.load(memory_source(100, 2), resolution=8, max_length=32)
   gather = jax.jit(functools.partial(device_cache.batch, seed=3, batch_size=16))
   here = [np.asarray(gather(cache, s)["ids"]).tolist() for s in range(8)]
   assert json.loads(out.stdout.strip().splitlines()[-1]) == here

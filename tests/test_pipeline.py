@@ -7,22 +7,10 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import memory_source
 from conftest import one_shard_dataset
 from dallex.data.sources import Source
 from dallex.text import ByteTokenizer
-
-
-def _memory_source(n, captions_per_example=1):
-  data = [
-      {
-          "image": np.full((8, 8, 3), i, np.uint8),
-          "caption": [
-              f"example {i} caption {j}" for j in range(captions_per_example)
-          ],
-      }
-      for i in range(n)
-  ]
-  return Source(data, "image", "caption")
 
 
 def _captions(batch):
@@ -38,7 +26,7 @@ def _digest(batches):
 
 
 def test_batches_are_well_formed():
-  batch = next(iter(one_shard_dataset(_memory_source(10))))
+  batch = next(iter(one_shard_dataset(memory_source(10))))
   assert (
       batch["image"].shape == (4, 8, 8, 3)
       and batch["image"].dtype == np.float32
@@ -52,7 +40,7 @@ def test_batches_are_well_formed():
 
 
 def test_same_seed_same_batches_other_seed_other_batches():
-  source = _memory_source(50)
+  source = memory_source(50)
   first = [
       next(it)
       for it in [iter(one_shard_dataset(source, seed=3))]
@@ -73,7 +61,7 @@ def test_same_seed_same_batches_other_seed_other_batches():
 
 
 def test_each_epoch_is_a_new_permutation():
-  source = _memory_source(12)
+  source = memory_source(12)
   it = iter(one_shard_dataset(source, batch_size=3))
   epochs = []
   for _ in range(3):
@@ -84,7 +72,7 @@ def test_each_epoch_is_a_new_permutation():
 
 
 def test_process_shards_are_disjoint_and_cover_the_data():
-  source = _memory_source(40)
+  source = memory_source(40)
   shards = []
   for index in range(2):
     ds = one_shard_dataset(
@@ -96,7 +84,7 @@ def test_process_shards_are_disjoint_and_cover_the_data():
 
 
 def test_a_caption_is_chosen_per_visit_reproducibly():
-  source = _memory_source(4, captions_per_example=3)
+  source = memory_source(4, captions_per_example=3)
 
   def chosen(seed):
     it = iter(one_shard_dataset(source, seed=seed, batch_size=4))
@@ -111,7 +99,7 @@ def test_a_caption_is_chosen_per_visit_reproducibly():
 
 
 def test_worker_processes_give_the_same_batches_and_resume():
-  source = _memory_source(50)
+  source = memory_source(50)
   expected = [
       next(it)
       for it in [iter(one_shard_dataset(source, seed=3))]
@@ -133,13 +121,13 @@ def test_worker_processes_give_the_same_batches_and_resume():
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match="fewer than one batch"):
-    one_shard_dataset(_memory_source(3), batch_size=4)
+    one_shard_dataset(memory_source(3), batch_size=4)
   with pytest.raises(ValueError, match="shard_index 2"):
     one_shard_dataset(
-        _memory_source(3), batch_size=1, shard_index=2, shard_count=2
+        memory_source(3), batch_size=1, shard_index=2, shard_count=2
     )
   with pytest.raises(ValueError, match="num_workers must be >= 0"):
-    one_shard_dataset(_memory_source(3), batch_size=1, num_workers=-1)
+    one_shard_dataset(memory_source(3), batch_size=1, num_workers=-1)
 
 
 _RESUME_SCRIPT = textwrap.dedent("""
