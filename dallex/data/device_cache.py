@@ -158,9 +158,9 @@ def batch_indices(
   stream = jax.random.fold_in(jax.random.key(seed), _DATA_STREAM)
   order = jax.random.fold_in(stream, epoch)
   positions = position * batch_size + jnp.arange(batch_size)
-  return permute(order, positions, n), jax.random.fold_in(
-      jax.random.fold_in(stream, step), 1
-  )
+  # fold_in(stream, step) alone would equal the order key of epoch == step.
+  captions = jax.random.fold_in(jax.random.fold_in(stream, step), 1)
+  return permute(order, positions, n), captions
 
 
 def batch(
