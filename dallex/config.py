@@ -125,6 +125,9 @@ def default_config() -> ml_collections.ConfigDict:
           d_steps=1,  # D updates per G update
           ema=0.999,
           parallel="jit",  # jit (sharded over a `data` mesh; multi-host) | pmap
+          # Devices each parameter and optimiser state is split over (the mesh's
+          # `fsdp` axis; `data` gets the rest; jit only). 1: data parallelism.
+          fsdp=1,
           checkpoint_every=800,
           keep_checkpoints=3,  # the newest N; 0 keeps all
           log_every=50,
@@ -159,6 +162,29 @@ def default_config() -> ml_collections.ConfigDict:
           batch_size=64,
       )
   )
+  return c
+
+
+def accelerator_sizes(
+    c: ml_collections.ConfigDict,
+) -> ml_collections.ConfigDict:
+  """``c`` with the default model widened for a GPU or TPU: bfloat16 compute,
+  Transformers 256-512 wide (64-wide heads, which fused attention kernels
+  take), 8x8 grid tokens, 512 channels at the generator's coarsest block, and
+  batch 256, so the step is made of large matrix products rather than many
+  small kernels. The model family of ``shapes64_accel``, ``coco64`` and
+  ``coco256``; data, resolution and training length are theirs.
+  """
+  c.model.dtype = "bfloat16"
+  c.model.z_dim = c.model.ca_dim = 128
+  c.model.text.update(width=256, depth=4, heads=4)
+  c.model.generator.update(style_dim=256, grid=8, width=512, depth=4, heads=8)
+  c.model.generator.update(base_channels=512, min_channels=128)
+  c.model.discriminator.update(
+      base_channels=64, max_channels=512, hidden=512, embed_dim=256
+  )
+  c.model.discriminator.text.update(width=256, depth=2, heads=4)
+  c.train.batch_size = 256
   return c
 
 

@@ -165,7 +165,7 @@ def _out_of_time(entered: float, max_minutes: float) -> bool:
 def _global_batch(
     local: dict[str, np.ndarray], sharding
 ) -> dict[str, jax.Array]:
-  """This process's rows -> one global array per field, sharded over ``data``."""
+  """This process's rows -> one global array per field, split as ``sharding``."""
   return {
       k: jax.make_array_from_process_local_data(sharding, v)
       for k, v in local.items()
@@ -324,7 +324,13 @@ def train_and_evaluate(
     raise ValueError(
         f"train.parallel must be 'jit' or 'pmap', got {t.parallel!r}"
     )
+  if t.fsdp != 1 and t.parallel == "pmap":
+    raise ValueError(
+        f"train.fsdp={t.fsdp} needs train.parallel='jit' (pmap replicates "
+        "the state on every device)"
+    )
   train.check_batch_size(t.batch_size, jax.device_count())
+  train.check_fsdp(t.fsdp, jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   lead = jax.process_index() == 0
   # On several hosts, process 0 holds the lock of the shared workdir.
@@ -366,14 +372,13 @@ def _train(
   t = config.train
   lead = jax.process_index() == 0
   objective = build_objective(config)
-  g_tx, d_tx = train.make_optimizers(config.optim)
+  # A sharded state keeps its optimiser state shaped like the parameters.
+  g_tx, d_tx = train.make_optimizers(config.optim, flatten=t.fsdp == 1)
 
   source = sources.open_source(config.data, config.data.train_split)
-  mesh = train.data_mesh()
+  mesh = train.data_mesh(fsdp=t.fsdp)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_sharding = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec("data")
-  )
+  batch_sharding = train.batch_sharding(mesh)
   cached = _device_cache(config, source, replicated, lead)
   data_iter = None
   if cached is None:
@@ -399,10 +404,10 @@ def _train(
       "ids": np.zeros((1, length), np.int32),
       "mask": np.ones((1, length), bool),
   }
-  state = jax.jit(
-      lambda k: train.create_train_state(objective, g_tx, d_tx, k, example),
-      out_shardings=replicated,
-  )(jax.random.key(config.seed))
+  create = lambda k: train.create_train_state(objective, g_tx, d_tx, k, example)
+  key = jax.random.key(config.seed)
+  state_sharding = train.state_shardings(jax.eval_shape(create, key), mesh)
+  state = jax.jit(create, out_shardings=state_sharding)(key)
 
   ckpt = checkpoint.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints
@@ -457,7 +462,7 @@ def _train(
         s, train.shard_for_pmap(next(data_iter), local)
     )
   elif cached is None:
-    compiled = train.jit_sharded_step(step_fn, mesh)
+    compiled = train.jit_sharded_step(step_fn, mesh, state_sharding)
     unreplicate = lambda s: s
     run_step = lambda s: compiled(
         s, _global_batch(next(data_iter), batch_sharding)
@@ -466,7 +471,7 @@ def _train(
     gather = functools.partial(
         device_cache.batch, seed=config.seed, batch_size=t.batch_size
     )
-    compiled = train.jit_cached_step(step_fn, mesh, gather)
+    compiled = train.jit_cached_step(step_fn, mesh, gather, state_sharding)
     unreplicate = lambda s: s
     run_step = lambda s: compiled(s, cached)
 
@@ -558,26 +563,32 @@ def _train(
   # (the old shapes32 on 2 CPU cores: 4.6-4.7 steps/s that way, 4.9-5.0 this way).
   previous = None
   started = window_start = time.time()
-  window_step = start
+  window_step, waited = start, 0.0
   try:
     with _StopSignal() as stop:
       for step in range(start + 1, t.steps + 1):
         state, metrics = run_step(state)
         if previous is not None:
+          entered_wait = time.perf_counter()
           streak = check_finite(*previous, streak)
+          waited += time.perf_counter() - entered_wait
         previous = (step, metrics["finite"])
         if step % t.log_every == 0 or step == t.steps:
+          entered_wait = time.perf_counter()
           values = {
               k: float(np.asarray(v).reshape(-1)[0]) for k, v in metrics.items()
           }
           values["nonfinite_total"] = float(
               np.asarray(state.nonfinite_total).reshape(-1)[0]
           )
-          # Over the window since the last log (the first window includes compiling).
-          values["steps_per_s"] = (step - window_step) / max(
-              time.time() - window_start, 1e-9
-          )
-          window_start, window_step = time.time(), step
+          waited += time.perf_counter() - entered_wait
+          # Over the window since the last log (the first window includes
+          # compiling): steps/s, and the share of the time the host spent on
+          # anything but waiting for the device's results.
+          window = max(time.time() - window_start, 1e-9)
+          values["steps_per_s"] = (step - window_step) / window
+          values["host_share"] = max(0.0, 1.0 - waited / window)
+          window_start, window_step, waited = time.time(), step, 0.0
           writer.write(step, values)
           if progress is not None:
             progress.set_postfix(

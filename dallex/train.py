@@ -46,12 +46,15 @@ class TrainState:
   nonfinite_total: jax.Array  # all non-finite steps
 
 
-def make_optimizer(opt) -> optax.GradientTransformation:
+def make_optimizer(opt, flatten: bool = True) -> optax.GradientTransformation:
   """Adam with linear warmup to a constant rate and optional global-norm clipping.
 
   Args:
     opt: ConfigDict with ``lr``, ``b1``, ``b2``, ``eps``, ``warmup_steps``,
       ``clip_norm`` (0 = off).
+    flatten: keep the state as one vector over all parameters (see below);
+      False keeps it shaped like the parameters, which an ``fsdp`` axis can
+      split along their own dimensions.
   """
   # Warmup from lr / warmup_steps (not 0, which would make the first update empty).
   schedule = (
@@ -62,18 +65,19 @@ def make_optimizer(opt) -> optax.GradientTransformation:
       else optax.constant_schedule(opt.lr)
   )
   parts = [optax.clip_by_global_norm(opt.clip_norm)] if opt.clip_norm else []
+  tx = optax.chain(
+      *parts, optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  )
   # flatten: one fused update over a single vector instead of one per leaf,
   # which halves the train step's compile time on CPU (same arithmetic).
-  return optax.flatten(
-      optax.chain(
-          *parts, optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps)
-      )
-  )
+  return optax.flatten(tx) if flatten else tx
 
 
-def make_optimizers(optim) -> tuple[optax.GradientTransformation, ...]:
+def make_optimizers(
+    optim, flatten: bool = True
+) -> tuple[optax.GradientTransformation, ...]:
   """(G's, D's) optimisers from ``config.optim`` (sections ``g`` and ``d``)."""
-  return make_optimizer(optim.g), make_optimizer(optim.d)
+  return make_optimizer(optim.g, flatten), make_optimizer(optim.d, flatten)
 
 
 def ema_decay(step: jax.Array, decay: float) -> jax.Array:
@@ -242,45 +246,92 @@ def check_batch_size(batch_size: int, num_devices: int) -> None:
     )
 
 
-def data_mesh(devices=None) -> Mesh:
-  """A 1-D mesh with axis ``data`` over all (or the given) devices."""
-  devices = np.array(jax.devices() if devices is None else devices)
-  return Mesh(devices, ("data",))
+def check_fsdp(fsdp: int, num_devices: int) -> None:
+  """An fsdp axis must divide the devices: a clear error before compiling."""
+  if fsdp < 1 or num_devices % fsdp:
+    raise ValueError(
+        f"train.fsdp={fsdp} must be a positive divisor of the {num_devices} "
+        "devices"
+    )
 
 
-def jit_sharded_step(step_fn: Callable, mesh: Mesh) -> Callable:
-  """``step_fn`` compiled with the batch sharded over ``data``, the state
-  replicated and its buffers donated. Works on one device, many, and many hosts.
+# A leaf smaller than this stays whole on every device under fsdp: gathering
+# a bias or a norm's scale costs more than holding it.
+FSDP_MIN_SIZE = 1024
+
+
+def data_mesh(devices=None, fsdp: int = 1) -> Mesh:
+  """A 2-D mesh (``data``, ``fsdp``) over all (or the given) devices, ``fsdp``
+  of them along the second axis. The batch is split over both axes
+  (``batch_sharding``), the state over ``fsdp`` (``state_shardings``)."""
+  devices = np.array(jax.devices() if devices is None else devices).ravel()
+  check_fsdp(fsdp, devices.size)
+  return Mesh(devices.reshape(-1, fsdp), ("data", "fsdp"))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """A batch's rows split over every device of ``mesh`` (both axes)."""
+  return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def state_shardings(tree: Any, mesh: Mesh) -> Any:
+  """Where each leaf of ``tree`` (arrays or ``jax.ShapeDtypeStruct``) lives:
+  split over ``fsdp`` along its largest dimension the axis divides, when it
+  has at least ``FSDP_MIN_SIZE`` elements; otherwise whole on every device.
+  With ``fsdp`` of size 1 everything is replicated, as in data parallelism.
+  """
+  n = mesh.shape["fsdp"]
+
+  def place(x) -> NamedSharding:
+    shape = tuple(x.shape)
+    if n > 1 and np.prod(shape, dtype=np.int64) >= FSDP_MIN_SIZE:
+      for dim in sorted(range(len(shape)), key=lambda i: -shape[i]):
+        if shape[dim] % n == 0:
+          return NamedSharding(
+              mesh, P(*(("fsdp" if i == dim else None) for i in range(dim + 1)))
+          )
+    return NamedSharding(mesh, P())
+
+  return jax.tree.map(place, tree)
+
+
+def jit_sharded_step(
+    step_fn: Callable, mesh: Mesh, state_sharding: Any = None
+) -> Callable:
+  """``step_fn`` compiled with the batch split over the mesh, the state placed
+  by ``state_sharding`` (default: replicated) and its buffers donated. Works
+  on one device, many, and many hosts.
   """
   replicated = NamedSharding(mesh, P())
-  sharded = NamedSharding(mesh, P("data"))
   return jax.jit(
       step_fn,
-      in_shardings=(replicated, sharded),
-      out_shardings=(replicated, replicated),
+      in_shardings=(state_sharding or replicated, batch_sharding(mesh)),
+      out_shardings=(state_sharding or replicated, replicated),
       donate_argnums=0,
   )
 
 
 def jit_cached_step(
-    step_fn: Callable, mesh: Mesh, gather: Callable
+    step_fn: Callable, mesh: Mesh, gather: Callable, state_sharding: Any = None
 ) -> Callable:
   """``step_fn`` compiled to read its own batch: ``(state, cache) -> (state,
-  metrics)`` with ``gather(cache, state.step)`` the step's batch, sharded over
-  ``data``; the state and the cache (``dallex.data.device_cache``) replicated,
-  the state's buffers donated. No host work per step.
+  metrics)`` with ``gather(cache, state.step)`` the step's batch, split over
+  the mesh; the cache (``dallex.data.device_cache``) replicated, the state
+  placed by ``state_sharding`` (default: replicated) and donated. No host
+  work per step.
   """
   replicated = NamedSharding(mesh, P())
-  sharded = NamedSharding(mesh, P("data"))
 
   def step(state, cache):
-    batch = jax.lax.with_sharding_constraint(gather(cache, state.step), sharded)
+    batch = jax.lax.with_sharding_constraint(
+        gather(cache, state.step), batch_sharding(mesh)
+    )
     return step_fn(state, batch)
 
   return jax.jit(
       step,
-      in_shardings=(replicated, replicated),
-      out_shardings=(replicated, replicated),
+      in_shardings=(state_sharding or replicated, replicated),
+      out_shardings=(state_sharding or replicated, replicated),
       donate_argnums=0,
   )
 

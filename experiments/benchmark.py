@@ -24,6 +24,7 @@ them says how well XLA's kernels spread over cores.
 """
 
 import collections
+import contextlib
 import functools
 import glob
 import gzip
@@ -46,7 +47,7 @@ from ml_collections import config_flags
 
 from dallex import noise, train
 from dallex.data import pipeline, sources
-from dallex.models import build_models, compute_dtype
+from dallex.models import build_models, compute_dtype, cpu_kernels
 from dallex.objective import build_objective, init_params
 from dallex.sampling import sample
 from dallex.text import ByteTokenizer
@@ -123,10 +124,22 @@ def _flops(compiled) -> float:
   return float((analysis or {}).get("flops", 0.0))
 
 
+@contextlib.contextmanager
 def _cpu_counting():
   """A context in which new arrays and computations live on the host CPU, where
-  the FLOPs are counted (see the module docstring)."""
-  return jax.default_device(jax.devices("cpu")[0])
+  the FLOPs are counted, and the layers trace XLA's own forms (see the module
+  docstring)."""
+  with jax.default_device(jax.devices("cpu")[0]), cpu_kernels.off():
+    yield
+
+
+def step_flops(config) -> float:
+  """The train step's FLOPs, counted the same way on every backend."""
+  with _cpu_counting():
+    step, state, batch, _ = _train_setup(
+        _unrolled(config), jax.devices("cpu")[:1]
+    )
+    return _flops(step.lower(state, batch).compile())
 
 
 def _unrolled(config):
@@ -218,10 +231,7 @@ def bench_train(config, matmul: float) -> dict:
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
-  u_step, u_state, u_batch, _ = _train_setup(
-      _unrolled(config), jax.devices("cpu")[:1]
-  )
-  flops = _flops(u_step.lower(u_state, u_batch).compile())
+  flops = step_flops(config)
   seconds, _ = _time_steps(compiled, state, batch, FLAGS.steps, FLAGS.repeats)
   memory = compiled.memory_analysis()
   out = dict(
@@ -391,14 +401,20 @@ def op_times(hlo: str, run: Callable[[], object], calls: int = 10) -> dict:
     with gzip.open(paths[0]) as f:
       events = json.load(f)
   events = events["traceEvents"] if isinstance(events, dict) else events
+  events = [e for e in events if e.get("ph") == "X"]
+  # On CPU an event is named by its instruction. A GPU kernel's event names
+  # the kernel and gives the instruction as ``hlo_op``; where there are such
+  # events, they alone are counted (not the host's launches beside them).
+  kernels = [e for e in events if (e.get("args") or {}).get("hlo_op") in ops]
+  named = (
+      [(e["args"]["hlo_op"], e) for e in kernels]
+      if kernels
+      else [(e.get("name"), e) for e in events]
+  )
   ms = collections.Counter()
-  for e in events:
-    if (
-        e.get("ph") == "X"
-        and e.get("name") in ops
-        and ops[e["name"]][0] not in _CONTAINERS
-    ):
-      ms[e["name"]] += e["dur"] / 1e3 / calls
+  for name, e in named:
+    if name in ops and ops[name][0] not in _CONTAINERS:
+      ms[name] += e["dur"] / 1e3 / calls
   top = [
       dict(name=n, ms=t, shape=ops[n][1], matmul=ops[n][2], op=ops[n][3])
       for n, t in ms.most_common()
@@ -411,8 +427,8 @@ def op_times(hlo: str, run: Callable[[], object], calls: int = 10) -> dict:
   )
 
 
-def bench_ops(config, top: int) -> dict:
-  """Per-instruction profiles of the train step and of ``sample`` at batch 64."""
+def train_ops(config) -> dict:
+  """``op_times`` of the train step as the benchmark compiles it."""
   step, state, batch, _ = _train_setup(config, jax.devices()[:1])
   compiled = step.lower(state, batch).compile()
   holder = {"state": state}
@@ -421,10 +437,15 @@ def bench_ops(config, top: int) -> dict:
     holder["state"], metrics = compiled(holder["state"], batch)
     metrics["d_loss"].block_until_ready()
 
+  return op_times(compiled.as_text(), train_step)
+
+
+def bench_ops(config, top: int) -> dict:
+  """Per-instruction profiles of the train step and of ``sample`` at batch 64."""
   sampler, args = _sampling_case(config, 64)
   sampler = jax.jit(sampler).lower(*args).compile()
   out = {
-      "train step": op_times(compiled.as_text(), train_step),
+      "train step": train_ops(config),
       "sample, batch 64": op_times(
           sampler.as_text(), lambda: sampler(*args).block_until_ready()
       ),

@@ -174,9 +174,34 @@ def train_cmd(workdir, data_dir, *overrides):
   ]
 
 
-def train_cli(workdir, data_dir, *overrides, check=True):
-  """Runs ``train_cmd`` to the end; asserts success unless ``check`` is False."""
-  return run_python(*train_cmd(workdir, data_dir, *overrides)[1:], check=check)
+def train_cli(workdir, data_dir, *overrides, check=True, devices=None):
+  """Runs ``train_cmd`` to the end (on ``devices`` host devices, if given);
+  asserts success unless ``check`` is False."""
+  return run_python(
+      *train_cmd(workdir, data_dir, *overrides)[1:],
+      check=check,
+      devices=devices,
+  )
+
+
+@pytest.fixture(scope="session")
+def small_folder(tmp_path_factory):
+  """A caption folder of 40 random images at 32 px, two captions each
+  ("image i", "picture i")."""
+  import json
+
+  import numpy as np
+  from PIL import Image
+
+  folder = tmp_path_factory.mktemp("small_folder")
+  rng = np.random.default_rng(0)
+  with open(folder / "metadata.jsonl", "w") as f:
+    for i in range(40):
+      pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(folder / f"{i}.png")
+      line = {"file_name": f"{i}.png", "text": [f"image {i}", f"picture {i}"]}
+      f.write(json.dumps(line) + "\n")
+  return folder
 
 
 @pytest.fixture(scope="session")

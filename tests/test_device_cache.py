@@ -15,7 +15,7 @@ from dallex.text import ByteTokenizer
 from conftest import memory_source
 from conftest import run_python
 from conftest import train_cli as _train
-from test_loop import _final_params, _train_rows
+from test_loop import _TIMES, _final_params, _train_rows
 
 
 def _indices(seed, steps, batch_size, n):
@@ -114,39 +114,28 @@ def test_the_same_batches_on_one_device_and_on_eight():
   assert json.loads(out.stdout.strip().splitlines()[-1]) == here
 
 
-@pytest.fixture(scope="module")
-def small_folder(tmp_path_factory):
-  """A caption folder of 40 images at 32 px, two captions each."""
-  from PIL import Image
-
-  folder = tmp_path_factory.mktemp("small_folder")
-  rng = np.random.default_rng(0)
-  with open(folder / "metadata.jsonl", "w") as f:
-    for i in range(40):
-      pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-      Image.fromarray(pixels).save(folder / f"{i}.png")
-      line = {"file_name": f"{i}.png", "text": [f"image {i}", f"picture {i}"]}
-      f.write(json.dumps(line) + "\n")
-  return folder
-
-
-def test_training_from_the_cache_resumes_exactly_and_is_said(
+def test_training_from_the_cache_with_a_split_state_resumes_exactly(
     tmp_path, small_folder
 ):
-  """The tiny config on 40 examples, 5 steps an epoch: 7 steps straight, and
-  3 then 4 more, end bit-identical; the run says where its batches come from."""
+  """The tiny config on 40 examples, 5 steps an epoch, on 4 host devices with
+  the state split over an fsdp axis of 2: 7 steps straight, and 3 then 4
+  more, end bit-identical; the run says where its batches come from."""
   common = (
       "--config.data.name=caption_folder",
       f"--config.data.path={small_folder}",
       "--config.data.cache=device",
+      "--config.train.fsdp=2",
       "--config.train.sample_every=0",
   )
   data_dir = str(tmp_path / "data")
-  straight = _train(tmp_path / "a", data_dir, *common, "--config.train.steps=7")
+  train = lambda workdir, *extra: _train(
+      workdir, data_dir, *common, *extra, devices=4
+  )
+  straight = train(tmp_path / "a", "--config.train.steps=7")
   assert "training set (40 examples" in straight.stdout
   assert "is held on the devices" in straight.stdout
-  _train(tmp_path / "b", data_dir, *common, "--config.train.steps=3")
-  resumed = _train(tmp_path / "b", data_dir, *common, "--config.train.steps=7")
+  train(tmp_path / "b", "--config.train.steps=3")
+  resumed = train(tmp_path / "b", "--config.train.steps=7")
   assert "resuming from" in resumed.stdout
   step_a, state_a, data_a = _final_params(tmp_path / "a")
   step_b, state_b, data_b = _final_params(tmp_path / "b")
@@ -154,8 +143,20 @@ def test_training_from_the_cache_resumes_exactly_and_is_said(
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
     np.testing.assert_array_equal(a, b)
   strip = lambda rows: [
-      {k: v for k, v in r.items() if k != "steps_per_s"} for r in rows
+      {k: v for k, v in r.items() if k not in _TIMES} for r in rows
   ]
   assert strip(_train_rows(tmp_path / "a")[3:]) == strip(
       _train_rows(tmp_path / "b")[3:]
+  )
+  bad = _train(
+      tmp_path / "c",
+      data_dir,
+      *common,
+      "--config.train.fsdp=3",
+      check=False,
+      devices=4,
+  )
+  assert bad.returncode != 0
+  assert (
+      "train.fsdp=3 must be a positive divisor of the 4 devices" in bad.stderr
   )

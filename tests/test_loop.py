@@ -26,12 +26,22 @@ def _final_params(workdir):
   manager = ocp.CheckpointManager(
       os.path.join(workdir, "checkpoints"),
       item_names=("state", "data", "config"),
+      item_handlers={
+          "state": ocp.StandardCheckpointHandler(),
+          "data": ocp.JsonCheckpointHandler(),
+      },
   )
   step = manager.latest_step()
+  # Onto this process's first device, whatever devices saved it.
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+      manager.item_metadata(step)["state"],
+  )
   out = manager.restore(
       step,
       args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()
+          state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
       ),
   )
   return step, jax.tree.map(np.asarray, out["state"]), out["data"]
@@ -80,6 +90,10 @@ def _train_rows(workdir):
   return [r for r in _metrics(workdir) if "d_loss" in r]
 
 
+# The logged fields that time the loop, which no two runs share.
+_TIMES = ("steps_per_s", "host_share")
+
+
 def test_train_cli_writes_everything_and_resumes_exactly(
     tmp_path, data_dir, tiny_run
 ):
@@ -98,6 +112,7 @@ def test_train_cli_writes_everything_and_resumes_exactly(
   assert all(
       np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in rows
   )
+  assert all(0.0 <= r["host_share"] <= 1.0 for r in rows)
   evals = [r for r in _metrics(straight) if "d_loss" not in r]
   assert [r["step"] for r in evals] == [3, 6]
   for r in evals:
@@ -146,7 +161,7 @@ def test_train_cli_writes_everything_and_resumes_exactly(
     np.testing.assert_array_equal(a, b)  # bit-identical
   # The same data in the same order: the logged losses of steps 4-6 agree exactly.
   strip = lambda rows: [
-      {k: v for k, v in r.items() if k != "steps_per_s"} for r in rows
+      {k: v for k, v in r.items() if k not in _TIMES} for r in rows
   ]
   assert strip(_train_rows(straight)[3:]) == strip(_train_rows(resumed)[3:])
 

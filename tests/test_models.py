@@ -12,7 +12,7 @@ from conftest import tiny_batch, tiny_config, trained_like
 from dallex import noise
 from dallex.models import TextEncoder, build_models, cpu_kernels
 from dallex.models.generator import AdaIN, UpsampleConv, inward_clip, upsample2x
-from dallex.models.layers import Conv, PointwiseConv, dot_product_attention
+from dallex.models.layers import Conv, PointwiseConv, fused_attention
 from dallex.objective import build_objective, init_params
 from dallex.text import PAD_ID, ByteTokenizer
 
@@ -459,7 +459,11 @@ def test_bfloat16_is_computed_inside_and_stays_close_to_float32():
   )
 
 
-def test_attention_is_the_masked_softmax_formula_with_its_gradient():
+@pytest.mark.parametrize(
+    "attention", [cpu_kernels.attention, fused_attention], ids=["cpu", "fused"]
+)
+def test_attention_is_the_masked_softmax_formula_with_its_gradient(attention):
+  """Both forms: CPU's own and jax.nn's (which GPU and TPU run)."""
   rng = np.random.default_rng(0)
   q, k, v = (
       jnp.asarray(rng.normal(size=(2, n, 3, 4)) * 3, jnp.float32)
@@ -474,7 +478,7 @@ def test_attention_is_the_masked_softmax_formula_with_its_gradient():
     w = np.exp(logits - logits.max(-1, keepdims=True))
     return np.einsum("bhqk,bkhd->bqhd", w / w.sum(-1, keepdims=True), v)
 
-  out = dot_product_attention(q, k, v, mask)
+  out = attention(q, k, v, mask)
   np.testing.assert_allclose(
       out[:1],
       textbook(*(np.asarray(x[:1]) for x in (q, k, v, mask))),
@@ -483,9 +487,7 @@ def test_attention_is_the_masked_softmax_formula_with_its_gradient():
   )
   np.testing.assert_array_equal(out[1], 0.0)
   # Masked keys get exactly zero weight: their values do not reach the output.
-  np.testing.assert_array_equal(
-      dot_product_attention(q, k, v.at[0, 2].set(1e6), mask), out
-  )
+  np.testing.assert_array_equal(attention(q, k, v.at[0, 2].set(1e6), mask), out)
   # Gradients are those of jax.nn.softmax attention (the max is held constant),
   # and nothing flows back through the row that sees no key.
   ref = lambda q, k, v: jnp.einsum(
@@ -501,14 +503,12 @@ def test_attention_is_the_masked_softmax_formula_with_its_gradient():
       v,
   )
   loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)[:1]))
-  grads = jax.grad(loss(lambda *a: dot_product_attention(*a, mask)), (0, 1, 2))(
-      q, k, v
-  )
+  grads = jax.grad(loss(lambda *a: attention(*a, mask)), (0, 1, 2))(q, k, v)
   for a, b in zip(grads, jax.grad(loss(ref), (0, 1, 2))(q[:1], k[:1], v[:1])):
     np.testing.assert_allclose(a[:1], b, rtol=1e-4, atol=1e-5)
-  full = jax.grad(
-      lambda *a: jnp.sum(jnp.sin(dot_product_attention(*a, mask))), (0, 1, 2)
-  )(q, k, v)
+  full = jax.grad(lambda *a: jnp.sum(jnp.sin(attention(*a, mask))), (0, 1, 2))(
+      q, k, v
+  )
   assert all(np.all(g[1] == 0) for g in full)
 
 

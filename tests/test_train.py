@@ -18,13 +18,16 @@ from dallex.objective import build_objective
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_single_jit_sharded_and_pmap_steps_agree_on_8_devices():
+def test_single_jit_sharded_pmap_and_fsdp_steps_agree_on_8_devices():
   out = run_python(
       "tests/helpers/parallel_equivalence.py", "8", devices=8, check=True
   )
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["steps"] == 2
-  for kind in ("sharded", "pmap"):
+  # Most of the fsdp state is split (parameters, EMA and Adam's moments).
+  split, total = result["fsdp_split_bytes"]
+  assert split > 0.9 * total, result["fsdp_split_bytes"]
+  for kind in ("sharded", "pmap", "fsdp"):
     assert result[kind]["param_diff"] < 1e-5, result
     assert (
         result[kind]["loss_diff"] < 1e-5 * 100
@@ -298,3 +301,25 @@ def test_two_processes_train_like_one(tmp_path):
   assert ids[0].shape == (3, 8, 48)
   np.testing.assert_array_equal(ids[0], ids[2])
   np.testing.assert_array_equal(ids[1], ids[2])
+
+
+def test_fsdp_splits_each_large_leaf_along_its_largest_dividing_dimension():
+  mesh = jax.sharding.AbstractMesh((2, 4), ("data", "fsdp"))
+  leaves = {
+      "kernel": jax.ShapeDtypeStruct((2, 64, 96), np.float32),
+      "no_divisor": jax.ShapeDtypeStruct((3, 333, 5), np.float32),
+      "small": jax.ShapeDtypeStruct((64,), np.float32),
+      "scalar": jax.ShapeDtypeStruct((), np.int32),
+  }
+  specs = {k: s.spec for k, s in train.state_shardings(leaves, mesh).items()}
+  P = jax.sharding.PartitionSpec
+  assert specs == {
+      "kernel": P(None, None, "fsdp"),
+      "no_divisor": P(),
+      "small": P(),
+      "scalar": P(),
+  }
+  with pytest.raises(
+      ValueError, match="train.fsdp=3 must be a positive divisor of the 8"
+  ):
+    train.check_fsdp(3, 8)

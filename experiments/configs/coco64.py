@@ -5,17 +5,18 @@ r"""COCO captions at 64 px, for an accelerator (TFDS `coco_captions`).
 
 Building coco_captions the first time needs TensorFlow: pip install 'dallex[tf]'.
 
-The default model family, wider and deeper, bfloat16 compute, batch 256,
-without the layout loss (its target suits objects on a black background).
+The accelerator-sized model (``dallex.config.accelerator_sizes``: bfloat16,
+batch 256) with COCO's longer captions, without the layout loss (its target
+suits objects on a black background).
 Never trained yet: no accelerator run has been measured, so there is no
 result to expect.
 """
 
-from dallex.config import default_config
+from dallex.config import accelerator_sizes, default_config
 
 
 def get_config():
-  c = default_config()
+  c = accelerator_sizes(default_config())
   c.data.update(
       name="coco_captions",
       resolution=64,
@@ -24,21 +25,11 @@ def get_config():
       num_threads=8,
       prefetch=8,
   )
-  c.model.dtype = "bfloat16"
-  c.model.text.update(max_length=256, width=512, depth=6, heads=8)
-  c.model.discriminator.text.update(max_length=256, width=256, depth=4, heads=4)
-  c.model.generator.update(style_dim=512, grid=8, width=512, depth=6, heads=8)
-  c.model.generator.update(
-      base_channels=512, min_channels=128, layout_head=False
-  )
-  c.model.discriminator.update(
-      base_channels=64, max_channels=512, hidden=512, embed_dim=256
-  )
-  c.model.z_dim = c.model.ca_dim = 128
+  c.model.text.max_length = c.model.discriminator.text.max_length = 256
+  c.model.generator.layout_head = False
   c.loss.layout = 0.0
   c.train.update(
       steps=200_000,
-      batch_size=256,
       checkpoint_every=5000,
       log_every=100,
       sample_every=2000,

@@ -1,0 +1,216 @@
+r"""The seed article's PyTorch listing, fixed, timed beside dallex's `model.arch="seed"`.
+
+    pip install -e '.[peer]' --extra-index-url https://download.pytorch.org/whl/cpu
+    python -m experiments.torch_peer [--batch 64 --length 64 --emb 128 --hidden 256 --resolution 32]
+
+Both sides train the same networks on the same random batch, in one process,
+one after the other, on CPU: the article's GRU text encoder (its state after
+the last real token), its generator (latent and noise -> Linear -> one GRU
+step seeded with the projected latent -> Linear -> tanh pixels) and its MLP
+discriminator on logits, BCE, two Adam optimisers; the fixes are
+``dallex/models/seed.py``'s. A step is one discriminator update on real and
+generated images, then one generator update through the same generated
+images. dallex runs its own train step (``dallex.train.train_step``) with the
+terms the article lacks switched off. Prints images/s of each and the ratio
+dallex / PyTorch. PyTorch is an optional extra, never a dallex dependency.
+"""
+
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from dallex import train
+from dallex.config import default_config
+from dallex.objective import build_objective
+from dallex.text import VOCAB_SIZE
+from experiments import benchmark
+
+flags.DEFINE_integer("batch", 64, "Batch size.", lower_bound=1)
+flags.DEFINE_integer("length", 64, "Tokens per caption.", lower_bound=2)
+flags.DEFINE_integer("emb", 128, "Token embedding width.", lower_bound=1)
+flags.DEFINE_integer("hidden", 256, "GRU width.", lower_bound=1)
+flags.DEFINE_integer("resolution", 32, "Image side.", lower_bound=4)
+flags.DEFINE_integer("z_dim", 64, "Noise width.", lower_bound=1)
+flags.DEFINE_integer("steps", 10, "Timed steps per repeat.", lower_bound=1)
+flags.DEFINE_integer(
+    "repeats", 5, "Repeats; the median is reported.", lower_bound=1
+)
+FLAGS = flags.FLAGS
+
+
+def seed_config(batch, length, emb, hidden, resolution, z_dim):
+  """dallex's config of the article's model and loss at these sizes."""
+  c = default_config()
+  c.model.arch = "seed"
+  c.model.seed.update(emb_dim=emb, hidden_dim=hidden)
+  c.model.z_dim = z_dim
+  c.model.text.max_length = length
+  c.data.resolution = resolution
+  c.train.batch_size = batch
+  c.loss.update(
+      adversarial="nonsaturating",
+      gradient_penalty="none",
+      mismatch=False,
+      feature_matching=0.0,
+      contrastive_d=0.0,
+      contrastive_g=0.0,
+      layout=0.0,
+  )
+  c.optim.g.lr, c.optim.d.lr = 1e-4, 4e-4
+  return c
+
+
+def random_batch(batch, length, resolution, seed=0) -> dict:
+  """Random images in [-1, 1] and byte ids with 8..length real tokens each."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(min(8, length), length + 1, batch)
+  mask = np.arange(length)[None, :] < lengths[:, None]
+  ids = np.where(mask, rng.integers(1, VOCAB_SIZE, (batch, length)), 0)
+  image = rng.uniform(-1, 1, (batch, resolution, resolution, 3))
+  return {
+      "image": image.astype(np.float32),
+      "ids": ids.astype(np.int32),
+      "mask": mask,
+  }
+
+
+def dallex_seconds_per_step(config, batch, steps, repeats) -> float:
+  """Median seconds per step of dallex's compiled train step on one device."""
+  objective = build_objective(config)
+  g_tx, d_tx = train.make_optimizers(config.optim)
+  mesh = train.data_mesh(jax.devices()[:1])
+  state = jax.jit(
+      lambda k: train.create_train_state(objective, g_tx, d_tx, k, batch)
+  )(jax.random.key(0))
+  step = train.jit_sharded_step(
+      train.configured_step(config, objective, g_tx, d_tx), mesh
+  )
+  batch = jax.device_put(batch, train.batch_sharding(mesh))
+  state, _ = step(state, batch)  # compiles
+  seconds, _ = benchmark._time_steps(step, state, batch, steps, repeats)
+  return seconds
+
+
+def torch_seconds_per_step(
+    batch, emb, hidden, resolution, z_dim, steps, repeats
+) -> float:
+  """Median seconds per step of the article's listing, fixed, in PyTorch."""
+  import torch
+  from torch import nn
+  from torch.nn import functional as F
+
+  pixels = resolution * resolution * 3
+
+  class TextEncoder(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.embedding = nn.Embedding(VOCAB_SIZE, emb)
+      self.gru = nn.GRU(emb, hidden, batch_first=True)
+
+    def forward(self, ids, lengths):
+      packed = nn.utils.rnn.pack_padded_sequence(
+          self.embedding(ids), lengths, batch_first=True, enforce_sorted=False
+      )
+      _, state = self.gru(packed)
+      return state[0]  # [B, H]: the state after each caption's last token
+
+  class Generator(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.text = TextEncoder()
+      self.latent_to_hidden = nn.Linear(hidden + z_dim, hidden)
+      self.gru = nn.GRUCell(hidden, hidden)
+      self.hidden_to_image = nn.Linear(hidden, pixels)
+
+    def forward(self, ids, lengths, z):
+      h = self.latent_to_hidden(torch.cat([self.text(ids, lengths), z], -1))
+      return torch.tanh(self.hidden_to_image(self.gru(h, h)))
+
+  discriminator = nn.Sequential(
+      nn.Linear(pixels, 512),
+      nn.LeakyReLU(0.2),
+      nn.Linear(512, 256),
+      nn.LeakyReLU(0.2),
+      nn.Linear(256, 1),
+  )
+  generator = Generator()
+  g_opt = torch.optim.Adam(generator.parameters(), lr=1e-4, betas=(0.0, 0.99))
+  d_opt = torch.optim.Adam(
+      discriminator.parameters(), lr=4e-4, betas=(0.0, 0.99)
+  )
+  torch.manual_seed(0)
+  data = random_batch(batch, FLAGS.length, resolution)
+  ids = torch.from_numpy(data["ids"].astype(np.int64))
+  lengths = torch.from_numpy(data["mask"].sum(1))
+  real = torch.from_numpy(data["image"]).reshape(batch, -1)
+  ones, zeros = torch.ones(batch, 1), torch.zeros(batch, 1)
+
+  def step():
+    fake = generator(ids, lengths, torch.randn(batch, z_dim))
+    d_loss = F.binary_cross_entropy_with_logits(
+        discriminator(real), ones
+    ) + F.binary_cross_entropy_with_logits(discriminator(fake.detach()), zeros)
+    d_opt.zero_grad()
+    d_loss.backward()
+    d_opt.step()
+    g_loss = F.binary_cross_entropy_with_logits(discriminator(fake), ones)
+    g_opt.zero_grad()
+    g_loss.backward()
+    g_opt.step()
+
+  def run():
+    for _ in range(steps):
+      step()
+
+  run()  # warm-up
+  return benchmark._median_time(run, repeats) / steps
+
+
+def main(argv):
+  del argv
+  config = seed_config(
+      FLAGS.batch,
+      FLAGS.length,
+      FLAGS.emb,
+      FLAGS.hidden,
+      FLAGS.resolution,
+      FLAGS.z_dim,
+  )
+  batch = random_batch(FLAGS.batch, FLAGS.length, FLAGS.resolution)
+  try:
+    import torch
+  except ImportError:
+    raise SystemExit(
+        "experiments.torch_peer needs PyTorch: pip install -e '.[peer]' "
+        "--extra-index-url https://download.pytorch.org/whl/cpu"
+    ) from None
+  matmul = benchmark.matmul_flops_per_s(np.float32)
+  start = time.strftime("%Y-%m-%d %H:%M")
+  ours = dallex_seconds_per_step(config, batch, FLAGS.steps, FLAGS.repeats)
+  theirs = torch_seconds_per_step(
+      FLAGS.batch,
+      FLAGS.emb,
+      FLAGS.hidden,
+      FLAGS.resolution,
+      FLAGS.z_dim,
+      FLAGS.steps,
+      FLAGS.repeats,
+  )
+  print(
+      f"the seed article's model, batch {FLAGS.batch}, {FLAGS.length} tokens, "
+      f"widths {FLAGS.emb}/{FLAGS.hidden}, {FLAGS.resolution} px; {start}; "
+      f"{jax.devices()[0].device_kind}, float32 matmul "
+      f"{matmul / 1e9:.0f} GFLOP/s; torch {torch.__version__}, "
+      f"{torch.get_num_threads()} threads"
+  )
+  print(f"  dallex   {FLAGS.batch / ours:8.0f} images/s")
+  print(f"  PyTorch  {FLAGS.batch / theirs:8.0f} images/s")
+  print(f"  dallex / PyTorch: {theirs / ours:.2f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
