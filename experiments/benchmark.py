@@ -9,10 +9,12 @@ measured in the same process and dtype. Absolute times vary between machines
 and runs; that ratio says how close to the machine's limit the step runs.
 XLA's cost analysis counts the body of a while loop once, whatever its trip
 count, so FLOPs are read from the step compiled with its Transformer stacks
-unrolled (``model.scan=False``: the same arithmetic); times are of the
-configured (scanned) step. FLOPs are always counted by XLA:CPU, also on an
-accelerator: on an H200 (jax 0.11.2), XLA:GPU's analysis counted 4.4 GFLOP for
-the bfloat16 ``shapes32`` step that XLA:CPU counts at 20.4.
+unrolled (``model.scan=False``: the same arithmetic) and its layers in
+XLA's own forms (``cpu_kernels.off()``: the model's FLOPs, the same on every
+backend); times are of the configured (scanned) step. FLOPs are always
+counted by XLA:CPU, also on an accelerator: on an H200 (jax 0.11.2),
+XLA:GPU's analysis counted 4.4 GFLOP for the bfloat16 ``shapes32`` step
+that XLA:CPU counted at 20.4.
 Sections: --only=train,profile,ops,products,compile,sample,serve,input,devices
 picks some; ``serve`` is ``dallex.serving``'s requests/s with one client and
 with 16; ``ops`` lists the instructions of the train step and of sampling by their
@@ -427,8 +429,8 @@ def op_times(hlo: str, run: Callable[[], object], calls: int = 10) -> dict:
   )
 
 
-def train_ops(config) -> dict:
-  """``op_times`` of the train step as the benchmark compiles it."""
+def bench_ops(config, top: int) -> dict:
+  """Per-instruction profiles of the train step and of ``sample`` at batch 64."""
   step, state, batch, _ = _train_setup(config, jax.devices()[:1])
   compiled = step.lower(state, batch).compile()
   holder = {"state": state}
@@ -437,15 +439,10 @@ def train_ops(config) -> dict:
     holder["state"], metrics = compiled(holder["state"], batch)
     metrics["d_loss"].block_until_ready()
 
-  return op_times(compiled.as_text(), train_step)
-
-
-def bench_ops(config, top: int) -> dict:
-  """Per-instruction profiles of the train step and of ``sample`` at batch 64."""
   sampler, args = _sampling_case(config, 64)
   sampler = jax.jit(sampler).lower(*args).compile()
   out = {
-      "train step": train_ops(config),
+      "train step": op_times(compiled.as_text(), train_step),
       "sample, batch 64": op_times(
           sampler.as_text(), lambda: sampler(*args).block_until_ready()
       ),

@@ -1,6 +1,6 @@
 r"""The accelerator check: one run that prints where dallex stands on a GPU or TPU.
 
-    python -m experiments.device_check [--out check.json]
+    python -m experiments.device_check --config.model.dtype=bfloat16 [--out check.json]
 
 Meant to take under 8 minutes on one accelerator (it runs on CPU too, slowly
 at these sizes; the tests run it with tiny configs). It prints one table:
@@ -11,7 +11,8 @@ at these sizes; the tests run it with tiny configs). It prints one table:
   FLOPs, counted as the benchmark counts them (XLA:CPU's cost analysis of the
   step in XLA's own forms, the same on every backend), per second, over the
   better of the two matmul rates;
-* ``--config`` (default ``shapes32``) in the training loop with the device
+* ``--config`` (default ``shapes32``; in bfloat16 above, as its H200 numbers
+  in docs/performance.md were measured) in the training loop with the device
   cache, at its batch: the loop's steps/s and the host's share of its time
   (``host_share`` in metrics.jsonl), beside the step alone;
 * each against its target, and where one is missed, the step's largest

@@ -1,11 +1,11 @@
 """Convolutions and attention computed in forms that run faster on XLA:CPU,
 used on CPU only.
 
-The convolutions compute what XLA's convolution computes (the same values up to float
-rounding, the same derivatives to any order); the layers call them when the
-computation is traced for the CPU backend (``active()``) and call XLA's
-convolution directly on GPU and TPU, where none of the measurements below
-was made:
+The convolutions compute what XLA's convolution computes (the same values
+up to float rounding, the same derivatives to any order); the layers call
+them when the computation is traced for the CPU backend (``active()``) and
+call XLA's convolution directly on GPU and TPU, where none of the
+measurements below was made:
 
 * ``conv2d``: a stride-1 convolution whose kernel gradient is summed over
   chunks of the batch. XLA:CPU's kernel-gradient convolution slows down

@@ -1,6 +1,7 @@
 """Building blocks: scaled dot-product attention and convolutions with
-nn.Conv's parameters (both on CPU computed by ``cpu_kernels``), pre-LN Transformer blocks
-with optional style modulation (AdaLN), and a scanned stack of them.
+nn.Conv's parameters (both on CPU computed by ``cpu_kernels``), pre-LN
+Transformer blocks with optional style modulation (AdaLN), and a scanned
+stack of them.
 
 Parameters are float32; ``dtype`` is the compute dtype (float32 or bfloat16).
 Softmax and normalisation statistics are always computed in float32.
