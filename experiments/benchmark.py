@@ -176,28 +176,30 @@ def matmul_flops_per_s(
   return best
 
 
-def _train_setup(config, devices=None):
-  """(compiled step, state, device batch, batch size) as the training loop builds them."""
-  t = config.train
+def _train_setup(config, devices=None, batch=None):
+  """(compiled step, state, device batch, batch size) as the training loop
+  builds them; ``batch`` (host arrays) or one caption repeated over random
+  images."""
   objective = build_objective(config)
   g_tx, d_tx = train.make_optimizers(config.optim)
   mesh = train.data_mesh(devices)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  rows = train.batch_sharding(mesh)
   res, length, b = (
       config.data.resolution,
       config.model.text.max_length,
-      t.batch_size,
+      config.train.batch_size,
   )
-  rng = np.random.default_rng(0)
-  ids, mask = ByteTokenizer(length).encode(
-      ["a small red circle on the left"] * b
-  )
-  batch = {
-      "image": rng.uniform(-1, 1, (b, res, res, 3)).astype(np.float32),
-      "ids": ids,
-      "mask": mask,
-  }
+  if batch is None:
+    rng = np.random.default_rng(0)
+    ids, mask = ByteTokenizer(length).encode(
+        ["a small red circle on the left"] * b
+    )
+    batch = {
+        "image": rng.uniform(-1, 1, (b, res, res, 3)).astype(np.float32),
+        "ids": ids,
+        "mask": mask,
+    }
   state = jax.jit(
       lambda k: train.create_train_state(objective, g_tx, d_tx, k, batch),
       out_shardings=replicated,
@@ -211,10 +213,9 @@ def _train_setup(config, devices=None):
   )
 
 
-def _time_steps(
-    step, state, batch, steps: int, repeats: int
-) -> tuple[float, object]:
-  """Median seconds per step over ``repeats`` runs of ``steps`` chained steps."""
+def _chain(step, state, batch, steps: int = 1) -> tuple[Callable, dict]:
+  """A call that runs ``steps`` train steps chained from ``state`` and waits
+  for them, and the dict whose ``"state"`` is the newest state."""
   holder = {"state": state}
 
   def run():
@@ -223,6 +224,14 @@ def _time_steps(
       holder["state"], metrics = step(holder["state"], batch)
     metrics["d_loss"].block_until_ready()
 
+  return run, holder
+
+
+def _time_steps(
+    step, state, batch, steps: int, repeats: int
+) -> tuple[float, object]:
+  """Median seconds per step over ``repeats`` runs of ``steps`` chained steps."""
+  run, holder = _chain(step, state, batch, steps)
   run()  # warm-up (the first call compiled already)
   return _median_time(run, repeats) / steps, holder["state"]
 
@@ -433,12 +442,7 @@ def bench_ops(config, top: int) -> dict:
   """Per-instruction profiles of the train step and of ``sample`` at batch 64."""
   step, state, batch, _ = _train_setup(config, jax.devices()[:1])
   compiled = step.lower(state, batch).compile()
-  holder = {"state": state}
-
-  def train_step():
-    holder["state"], metrics = compiled(holder["state"], batch)
-    metrics["d_loss"].block_until_ready()
-
+  train_step, _ = _chain(compiled, state, batch)
   sampler, args = _sampling_case(config, 64)
   sampler = jax.jit(sampler).lower(*args).compile()
   out = {

@@ -75,12 +75,7 @@ def _step(config, top: int) -> dict:
   seconds, state = benchmark._time_steps(
       compiled, state, batch, FLAGS.steps, FLAGS.repeats
   )
-  holder = {"state": state}
-
-  def run():
-    holder["state"], metrics = compiled(holder["state"], batch)
-    metrics["d_loss"].block_until_ready()
-
+  run, _ = benchmark._chain(compiled, state, batch)
   profile = benchmark.op_times(compiled.as_text(), run)
   profile["top"] = profile["top"][:top]
   return dict(compile_s=compile_s, steps_per_s=1.0 / seconds, profile=profile)

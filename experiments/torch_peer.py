@@ -22,11 +22,9 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from dallex import train
-from dallex.config import default_config
-from dallex.objective import build_objective
 from dallex.text import VOCAB_SIZE
 from experiments import benchmark
+from experiments.configs import seed_shapes32
 
 flags.DEFINE_integer("batch", 64, "Batch size.", lower_bound=1)
 flags.DEFINE_integer("length", 64, "Tokens per caption.", lower_bound=2)
@@ -38,24 +36,16 @@ FLAGS = flags.FLAGS  # also the benchmark's --steps and --repeats
 
 
 def seed_config(batch, length, emb, hidden, resolution, z_dim):
-  """dallex's config of the article's model and loss at these sizes."""
-  c = default_config()
-  c.model.arch = "seed"
+  """``seed_shapes32`` at these sizes, without the two terms the article's
+  step lacks (its discriminator reads no caption, so it has no mismatched
+  pairs, and no feature matching)."""
+  c = seed_shapes32.get_config()
   c.model.seed.update(emb_dim=emb, hidden_dim=hidden)
   c.model.z_dim = z_dim
   c.model.text.max_length = length
   c.data.resolution = resolution
   c.train.batch_size = batch
-  c.loss.update(
-      adversarial="nonsaturating",
-      gradient_penalty="none",
-      mismatch=False,
-      feature_matching=0.0,
-      contrastive_d=0.0,
-      contrastive_g=0.0,
-      layout=0.0,
-  )
-  c.optim.g.lr, c.optim.d.lr = 1e-4, 4e-4
+  c.loss.update(mismatch=False, feature_matching=0.0)
   return c
 
 
@@ -74,42 +64,27 @@ def random_batch(batch, length, resolution, seed=0) -> dict:
 
 
 def dallex_steps(config, batch, steps):
-  """A call that runs ``steps`` of dallex's compiled train step on one device
-  and waits for them (compiled and warmed up already)."""
-  objective = build_objective(config)
-  g_tx, d_tx = train.make_optimizers(config.optim)
-  mesh = train.data_mesh(jax.devices()[:1])
-  # Made where the step keeps it, or the step's first output would be a
-  # new input placement and compile it again.
-  state = jax.jit(
-      lambda k: train.create_train_state(objective, g_tx, d_tx, k, batch),
-      out_shardings=jax.sharding.NamedSharding(
-          mesh, jax.sharding.PartitionSpec()
-      ),
-  )(jax.random.key(0))
-  step = train.jit_sharded_step(
-      train.configured_step(config, objective, g_tx, d_tx), mesh
+  """A call that runs ``steps`` of dallex's compiled train step on ``batch``
+  on one device and waits for them (compiled and warmed up already)."""
+  step, state, batch, _ = benchmark._train_setup(
+      config, jax.devices()[:1], batch
   )
-  batch = jax.device_put(batch, train.batch_sharding(mesh))
-  holder = {"state": state}
-
-  def run():
-    for _ in range(steps):
-      holder["state"], metrics = step(holder["state"], batch)
-    metrics["d_loss"].block_until_ready()
-
+  run, _ = benchmark._chain(step, state, batch, steps)
   run()
   return run
 
 
-def torch_steps(batch, emb, hidden, resolution, z_dim, steps):
-  """A call that runs ``steps`` of the article's listing, fixed, in PyTorch
+def torch_steps(config, data, steps):
+  """A call that runs ``steps`` of the article's listing, fixed, in PyTorch,
+  at ``config``'s sizes and learning rates on the host batch ``data``
   (warmed up already)."""
   import torch
   from torch import nn
   from torch.nn import functional as F
 
-  pixels = resolution * resolution * 3
+  emb, hidden = config.model.seed.emb_dim, config.model.seed.hidden_dim
+  z_dim, batch = config.model.z_dim, config.train.batch_size
+  pixels = config.data.resolution**2 * 3
 
   class TextEncoder(nn.Module):
 
@@ -146,12 +121,14 @@ def torch_steps(batch, emb, hidden, resolution, z_dim, steps):
       nn.Linear(256, 1),
   )
   generator = Generator()
-  g_opt = torch.optim.Adam(generator.parameters(), lr=1e-4, betas=(0.0, 0.99))
+  g, d = config.optim.g, config.optim.d
+  g_opt = torch.optim.Adam(
+      generator.parameters(), lr=g.lr, betas=(g.b1, g.b2), eps=g.eps
+  )
   d_opt = torch.optim.Adam(
-      discriminator.parameters(), lr=4e-4, betas=(0.0, 0.99)
+      discriminator.parameters(), lr=d.lr, betas=(d.b1, d.b2), eps=d.eps
   )
   torch.manual_seed(0)
-  data = random_batch(batch, FLAGS.length, resolution)  # as dallex's
   ids = torch.from_numpy(data["ids"].astype(np.int64))
   lengths = torch.from_numpy(data["mask"].sum(1))
   real = torch.from_numpy(data["image"]).reshape(batch, -1)
@@ -206,14 +183,7 @@ def main(argv):
         "experiments.torch_peer needs PyTorch for its other half: pip install "
         "-e '.[peer]' --extra-index-url https://download.pytorch.org/whl/cpu"
     ) from None
-  theirs = torch_steps(
-      FLAGS.batch,
-      FLAGS.emb,
-      FLAGS.hidden,
-      FLAGS.resolution,
-      FLAGS.z_dim,
-      FLAGS.steps,
-  )
+  theirs = torch_steps(config, batch, FLAGS.steps)
   # Alternated, so that a shared machine's drift falls on both alike.
   times = {"dallex": [], "PyTorch": []}
   for _ in range(FLAGS.repeats):
