@@ -35,6 +35,9 @@ def default_config() -> ml_collections.ConfigDict:
           name="dallex_shapes",  # dallex_shapes | caption_folder | any TFDS name
           path="",  # caption_folder: the folder
           resolution=32,
+          # dallex_shapes: its captions in en, zh (the seed article's Chinese)
+          # or mixed (each scene in either at random).
+          language="en",
           data_dir="",  # "" -> $DALLEX_DATA_DIR or ~/tensorflow_datasets
           train_split="train",
           image_key="image",  # other TFDS datasets: where image and captions live
@@ -204,13 +207,19 @@ def _differences(
   return missing, unknown
 
 
+# Fields added since runs were first saved whose default is what older versions
+# did: a saved config without one reads as having the default.
+_ADDED_FIELDS = ("data.language",)
+
+
 def from_json(path: str) -> ml_collections.ConfigDict:
   """The config a run saved (``workdir/config.json``), checked against the schema.
 
   Raises:
     FileNotFoundError: ``path`` does not exist.
     ValueError: it is not JSON, or its keys are not the schema's (each one named:
-      a workdir written by another version of dallex).
+      a workdir written by another version of dallex). A field of
+      ``_ADDED_FIELDS`` that is missing takes its default.
   """
   try:
     with open(path, encoding="utf-8") as f:
@@ -221,7 +230,15 @@ def from_json(path: str) -> ml_collections.ConfigDict:
     raise ValueError(
         f"{path} holds a JSON {type(saved).__name__}, not a config object"
     )
-  missing, unknown = _differences(default_config(), saved)
+  defaults = default_config()
+  missing, unknown = _differences(defaults, saved)
+  for key in set(missing) & set(_ADDED_FIELDS):
+    *parents, leaf = key.split(".")
+    section, default = saved, defaults
+    for parent in parents:
+      section, default = section[parent], default[parent]
+    section[leaf] = default[leaf]
+    missing.remove(key)
   if missing or unknown:
     raise ValueError(
         f"{path} does not match this version's config schema (dallex/config.py): "

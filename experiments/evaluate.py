@@ -4,7 +4,8 @@ file and a sheet of the worst samples.
     python -m experiments.evaluate --workdir runs/shapes32 --split test,heldout --num 2000 \\
         --out eval.json [--step N] [--noema] [--inception inception_fid.npz]
 
-Per split: the shapes checker's accuracies (dallex_shapes), R-precision from
+Per split (and caption language, for a run trained on both): the shapes
+checker's accuracies (dallex_shapes), R-precision from
 the model's own contrastive heads, FID/KID when --inception names converted
 weights (see dallex/evaluation/inception.py). On dallex_shapes, the diversity
 ratios (dallex/evaluation/diversity.py): how much a caption's noise seeds vary
@@ -27,6 +28,12 @@ flags.DEFINE_string(
     None,
     "Comma-separated splits (default: test,heldout for "
     "dallex_shapes, else test).",
+)
+flags.DEFINE_list(
+    "language",
+    None,
+    "dallex_shapes: caption languages to evaluate, each on the same scenes "
+    "(en, zh, mixed; default: the run's, both en and zh for a mixed run).",
 )
 flags.DEFINE_integer(
     "num",
@@ -95,9 +102,17 @@ def main(argv):
     inception_id = (
         f"{os.path.abspath(FLAGS.inception)}:{stat.st_size}:{stat.st_mtime_ns}"
     )
+  try:
+    variants = suite.language_variants(data, FLAGS.language)
+  except ValueError as e:
+    raise app.UsageError(f"--language: {e}") from None
   results, first = {}, None
-  for split in splits:
-    eval_set = suite.load_eval_set(data, split, FLAGS.num)
+  for name, variant, split in [
+      (split + suffix, variant, split)
+      for suffix, variant in variants
+      for split in splits
+  ]:
+    eval_set = suite.load_eval_set(variant, split, FLAGS.num)
     result = suite.evaluate(
         sampler,
         eval_set,
@@ -107,13 +122,15 @@ def main(argv):
         fid_cache=FLAGS.fid_cache or None,
         batch_size=FLAGS.batch_size,
     )
-    results[split] = result.metrics
+    results[name] = result.metrics
     first = first or result
   spread = None
   if data.name == "dallex_shapes" and FLAGS.diversity_captions:
     spread = suite.diversity_report(
         sampler,
-        suite.load_eval_set(data, splits[0], FLAGS.diversity_captions),
+        suite.load_eval_set(
+            variants[0][1], splits[0], FLAGS.diversity_captions
+        ),
         FLAGS.diversity_captions,
         FLAGS.diversity_seeds,
         FLAGS.seed,

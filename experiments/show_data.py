@@ -1,6 +1,7 @@
 """Builds a dataset if needed and writes a grid of its examples with their captions.
 
 python -m experiments.show_data --dataset dallex_shapes --resolution 32 --out data.png
+python -m experiments.show_data --dataset dallex_shapes --language zh --out data_zh.png
 python -m experiments.show_data --dataset caption_folder --path DIR --resolution 64 --out data.png
 """
 
@@ -17,6 +18,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("path", "", "the folder, for --dataset=caption_folder")
 flags.DEFINE_integer("resolution", 32, "image side in pixels", lower_bound=1)
+flags.DEFINE_string("language", "en", "dallex_shapes captions: en, zh or mixed")
 flags.DEFINE_string("split", "train", "TFDS split")
 flags.DEFINE_string("data_dir", None, "where prepared datasets live")
 flags.DEFINE_integer("num", 16, "examples to show", lower_bound=1)
@@ -31,6 +33,7 @@ def main(argv):
           name=FLAGS.dataset,
           path=FLAGS.path,
           resolution=FLAGS.resolution,
+          language=FLAGS.language,
           data_dir=FLAGS.data_dir,
       )
   )

@@ -110,7 +110,13 @@ def run_python(*args, devices=None, env=None, timeout=1200, check=False):
 
 
 def shapes_build(
-    data_dir, name, resolution, num_test, num_heldout, num_train=8
+    data_dir,
+    name,
+    resolution,
+    num_test,
+    num_heldout,
+    num_train=8,
+    language="en",
 ):
   """A ``dallex_shapes`` build of the given split sizes (its examples are the
   full build's first ones: each is seeded by its split and index)."""
@@ -122,6 +128,7 @@ def shapes_build(
       num_train=num_train,
       num_test=num_test,
       num_heldout=num_heldout,
+      language=language,
   )
   builder = DallexShapes(config=config, data_dir=str(data_dir))
   builder.download_and_prepare()

@@ -103,6 +103,10 @@ def test_saved_configs_are_checked_against_the_schema(tmp_path):
   config = json.loads(config_lib.default_config().to_json())
   path.write_text(json.dumps(config))
   assert config_lib.from_json(str(path)).to_dict() == config
+  # A run saved before data.language existed reads as English, as it was.
+  del config["data"]["language"]
+  path.write_text(json.dumps(config))
+  assert config_lib.from_json(str(path)).data.language == "en"
   del config["model"]["generator"]["local_style"]
   config["data"]["hard_negatives"] = False
   path.write_text(json.dumps(config))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dallex.config import default_config
 from dallex.evaluation import rprecision, suite
 
 
@@ -102,3 +103,24 @@ def test_fid_of_the_real_images_is_zero_and_their_features_are_cached(tmp_path):
   # The real images' features came from the cache: only the generated ones were computed.
   assert len(calls) == first_calls + first_calls // 2
   assert result.metrics["fid"] > 1.0 and result.metrics["kid"] > same_kid + 1.0
+
+
+def test_a_mixed_run_is_evaluated_in_each_language():
+  data = default_config().data
+  data.language = "mixed"
+  variants = suite.language_variants(data)
+  assert [(s, d.language) for s, d in variants] == [
+      ("/en", "en"),
+      ("/zh", "zh"),
+  ]
+  assert data.language == "mixed"  # the run's own config is left as it was
+  data.language = "zh"
+  assert [(s, d.language) for s, d in suite.language_variants(data)] == [
+      ("", "zh")
+  ]
+  with pytest.raises(ValueError, match="'fr': dallex_shapes captions are in"):
+    suite.language_variants(data, ["en", "fr"])
+  data.name = "caption_folder"
+  assert suite.language_variants(data) == [("", data)]
+  with pytest.raises(ValueError, match="dallex_shapes runs only"):
+    suite.language_variants(data, ["zh"])

@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import shapes_build
 
 from dallex.data import shapes
 from dallex.data.shapes_builder import DallexShapes
@@ -90,6 +91,46 @@ def test_caption_round_trip_and_rejection():
       shapes.parse_caption(bad)
 
 
+def test_chinese_captions_round_trip_and_are_rejected_by_name():
+  for objects in _scenes(200):
+    text = shapes.caption(objects, "zh")
+    assert not text.isascii() and shapes.caption_language(text) == "zh"
+    assert shapes.parse_caption(text) == shapes.parse_caption(
+        shapes.caption(objects)
+    )
+    # 96 bytes is the default config's text length: no caption is cut.
+    assert len(text.encode()) < 96
+  assert (
+      shapes.caption(
+          [
+              shapes.ShapeObject(
+                  "red", "circle", "small", "left", (0,) * 3, (0.2, 0.5), 0.2
+              ),
+              shapes.ShapeObject(
+                  "blue",
+                  "square",
+                  "large",
+                  "top right",
+                  (0,) * 3,
+                  (0.8, 0.2),
+                  0.3,
+              ),
+          ],
+          "zh",
+      )
+      == "左边有一个红色的小圆形，右上角有一个蓝色的大正方形"
+  )
+  for bad in [
+      "左边有一个粉色的小圆形",
+      "左边有一个红色的小圆形，",
+      "一个红色的小圆形",
+  ]:
+    with pytest.raises(ValueError, match="有一个"):
+      shapes.parse_caption(bad)
+  with pytest.raises(ValueError, match="unknown caption language 'fr'"):
+    shapes.caption(_scenes(1)[0], "fr")
+
+
 def test_unknown_attribute_is_rejected():
   with pytest.raises(ValueError, match="unknown colour 'pink'"):
     shapes.ShapeObject(
@@ -117,6 +158,31 @@ def test_builds_are_byte_identical(tiny_shapes, tmp_path):
           os.path.join(again.data_dir, name),
           shallow=False,
       )
+
+
+def test_chinese_and_mixed_builds_caption_the_same_scenes(
+    tiny_shapes, tmp_path
+):
+  builder, _ = tiny_shapes
+  english = _examples(builder, "test")
+  said = {}
+  for language in ("zh", "mixed"):
+    other = shapes_build(
+        tmp_path, f"r32_tiny_{language}", 32, len(english), 1, 1, language
+    )
+    examples = _examples(other, "test")
+    assert len(examples) == len(english)
+    for ex, en in zip(examples, english):
+      np.testing.assert_array_equal(ex["image"], en["image"])
+      assert shapes.parse_caption(
+          ex["caption"].decode()
+      ) == shapes.parse_caption(en["caption"].decode())
+    said[language] = [
+        shapes.caption_language(ex["caption"].decode()) for ex in examples
+    ]
+  assert set(said["zh"]) == {"zh"}
+  # 100 scenes, each in either language with probability 1/2.
+  assert 30 <= said["mixed"].count("zh") <= 70
 
 
 def test_examples_agree_with_their_objects_and_pixels(tiny_shapes):

@@ -89,6 +89,11 @@ def test_builtin_names_dispatch(full_shapes_r32):
       ValueError, match="resolution=48: dallex_shapes is made at 32 and 64 px"
   ):
     sources.open_source(config, "test[:5]")
+  config.resolution, config.language = 32, "fr"
+  with pytest.raises(
+      ValueError, match=r"data.language='fr': .* one of \['en', 'zh', 'mixed'\]"
+  ):
+    sources.open_source(config, "test[:5]")
 
 
 @pytest.mark.skipif(

@@ -13,13 +13,16 @@ spec, so the constants here are the single source of truth:
   (relative);
 * an object's centre is its cell's centre +-``POSITION_JITTER`` x canvas on
   each axis;
-* captions read ``a {size} {colour} {shape} {place}``, joined by `` and ``.
+* captions read ``a {size} {colour} {shape} {place}``, joined by `` and ``;
+  in Chinese (the seed article's language) ``{place}有一个{colour}的{size}{shape}``,
+  joined by ``，`` (``GRAMMARS``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import string
 from collections.abc import Sequence
 
 import numpy as np
@@ -163,57 +166,158 @@ def render(objects: Sequence[ShapeObject], resolution: int) -> np.ndarray:
   return image
 
 
-def describe(obj: ShapeObject) -> str:
-  """The canonical phrase for one object: ``a {size} {colour} {shape} {place}``."""
-  return _phrase(obj.colour, obj.shape, obj.size, obj.cell)
+@dataclasses.dataclass(frozen=True)
+class Grammar:
+  """How one language captions a scene.
 
+  Attributes:
+    words: for each attribute (``colour``, ``shape``, ``size``, ``place``), the
+      word of each value (``place`` is keyed by cell).
+    template: one object's phrase, with ``{size}``, ``{colour}``, ``{shape}``
+      and ``{place}`` fields.
+    joiner: what joins a scene's phrases.
+  """
 
-def caption(objects: Sequence[ShapeObject]) -> str:
-  """The canonical caption of a scene: its objects' phrases joined by `` and ``."""
-  return " and ".join(describe(o) for o in objects)
+  words: dict[str, dict[str, str]]
+  template: str
+  joiner: str
 
-
-_PHRASE = re.compile(
-    r"a (?P<size>{}) (?P<colour>{}) (?P<shape>{}) (?P<place>{})".format(
-        "|".join(SIZES),
-        "|".join(COLOURS),
-        "|".join(SHAPES),
-        "|".join(re.escape(p) for p in PLACES.values()),
+  def phrase(self, colour: str, shape: str, size: str, cell: str) -> str:
+    return self.template.format(
+        colour=self.words["colour"][colour],
+        shape=self.words["shape"][shape],
+        size=self.words["size"][size],
+        place=self.words["place"][cell],
     )
-)
-_CELL_OF_PLACE = {place: cell for cell, place in PLACES.items()}
+
+  def pattern(self) -> re.Pattern:
+    """A phrase's regular expression, a named group per field."""
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(self.template):
+      parts.append(re.escape(literal))
+      if field:
+        words = sorted(self.words[field].values(), key=len, reverse=True)
+        parts.append(f"(?P<{field}>{'|'.join(map(re.escape, words))})")
+    return re.compile("".join(parts))
+
+
+GRAMMARS: dict[str, Grammar] = {
+    "en": Grammar(
+        dict(
+            colour={c: c for c in COLOURS},
+            shape={s: s for s in SHAPES},
+            size={s: s for s in SIZES},
+            place=PLACES,
+        ),
+        "a {size} {colour} {shape} {place}",
+        " and ",
+    ),
+    # "左边有一个红色的小圆形": place first, then colour, then size and shape,
+    # as Chinese orders them; each character is three bytes to the tokenizer.
+    "zh": Grammar(
+        dict(
+            colour=dict(
+                red="红色",
+                green="绿色",
+                blue="蓝色",
+                yellow="黄色",
+                purple="紫色",
+                cyan="青色",
+                white="白色",
+                orange="橙色",
+            ),
+            shape=dict(circle="圆形", square="正方形", triangle="三角形"),
+            size=dict(small="小", large="大"),
+            place={
+                "top left": "左上角",
+                "top": "上方",
+                "top right": "右上角",
+                "left": "左边",
+                "center": "中间",
+                "right": "右边",
+                "bottom left": "左下角",
+                "bottom": "下方",
+                "bottom right": "右下角",
+            },
+        ),
+        "{place}有一个{colour}的{size}{shape}",
+        "，",
+    ),
+}
+LANGUAGES: tuple[str, ...] = tuple(GRAMMARS)
+
+
+def _grammar(language: str) -> Grammar:
+  if language not in GRAMMARS:
+    raise ValueError(
+        f"unknown caption language {language!r}; expected one of {list(LANGUAGES)}"
+    )
+  return GRAMMARS[language]
+
+
+def describe(obj: ShapeObject, language: str = "en") -> str:
+  """The canonical phrase for one object (in English ``a {size} {colour}
+  {shape} {place}``)."""
+  return _grammar(language).phrase(obj.colour, obj.shape, obj.size, obj.cell)
+
+
+def caption(objects: Sequence[ShapeObject], language: str = "en") -> str:
+  """The canonical caption of a scene: its objects' phrases joined (in
+  English by `` and ``)."""
+  grammar = _grammar(language)
+  return grammar.joiner.join(describe(o, language) for o in objects)
+
+
+_PATTERNS = {language: g.pattern() for language, g in GRAMMARS.items()}
+_CELL_OF_PLACE = {
+    language: {place: cell for cell, place in g.words["place"].items()}
+    for language, g in GRAMMARS.items()
+}
+_OF_WORD = {
+    language: {
+        field: {word: name for name, word in g.words[field].items()}
+        for field in ("colour", "shape", "size")
+    }
+    for language, g in GRAMMARS.items()
+}
+
+
+def caption_language(text: str) -> str:
+  """``en`` for an ASCII caption, else ``zh``."""
+  return "en" if text.isascii() else "zh"
 
 
 def parse_caption(text: str) -> list[dict[str, str]]:
-  """Parses a canonical caption into its objects' named attributes.
+  """Parses a canonical caption, English or Chinese, into its objects' named
+  attributes.
 
   Returns:
-    One dict per object with keys ``colour``, ``shape``, ``size``, ``cell``.
+    One dict per object with keys ``colour``, ``shape``, ``size``, ``cell``
+    (the English names of the spec tables, whatever the caption's language).
 
   Raises:
     ValueError: when ``text`` is not a canonical caption.
   """
+  language = caption_language(text)
+  grammar = GRAMMARS[language]
   objects = []
-  for phrase in text.strip().split(" and "):
-    match = _PHRASE.fullmatch(phrase)
+  for phrase in text.strip().split(grammar.joiner):
+    match = _PATTERNS[language].fullmatch(phrase)
     if match is None:
       raise ValueError(
           f"not a canonical shapes caption: {text!r} (bad part: {phrase!r}); "
-          "expected 'a {size} {colour} {shape} {place}' joined by ' and '"
+          f"expected {grammar.template!r} joined by {grammar.joiner!r}"
       )
+    words = _OF_WORD[language]
     objects.append(
         dict(
-            colour=match["colour"],
-            shape=match["shape"],
-            size=match["size"],
-            cell=_CELL_OF_PLACE[match["place"]],
+            colour=words["colour"][match["colour"]],
+            shape=words["shape"][match["shape"]],
+            size=words["size"][match["size"]],
+            cell=_CELL_OF_PLACE[language][match["place"]],
         )
     )
   return objects
-
-
-def _phrase(colour: str, shape: str, size: str, cell: str) -> str:
-  return f"a {size} {colour} {shape} {PLACES[cell]}"
 
 
 def _bbox(obj: ShapeObject, resolution: int) -> np.ndarray:

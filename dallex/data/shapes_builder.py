@@ -21,13 +21,27 @@ from dallex.data.array_record_builder import ArrayRecordBuilder
 
 _SEED = 20261124
 _SPLIT_IDS = {"train": 0, "test": 1, "heldout": 2}
+RESOLUTIONS = (32, 64)
+CAPTION_LANGUAGES = (*shapes.LANGUAGES, "mixed")
+
+
+def config_name(resolution: int, language: str = "en") -> str:
+  """The builder config of a resolution and caption language: ``r32``,
+  ``r32_zh``, ``r64_mixed``..."""
+  return f"r{resolution}" + ("" if language == "en" else f"_{language}")
 
 
 @dataclasses.dataclass
 class ShapesConfig(tfds.core.BuilderConfig):
-  """Resolution and split sizes of one build."""
+  """Resolution, caption language and split sizes of one build.
+
+  ``language`` is a key of ``shapes.GRAMMARS``, or ``mixed``: each scene
+  captioned in either language at random. The scenes and images are the same
+  in every language.
+  """
 
   resolution: int = 32
+  language: str = "en"
   num_train: int = 50_000
   num_test: int = 2_000
   num_heldout: int = 1_000
@@ -37,8 +51,14 @@ class DallexShapes(ArrayRecordBuilder):
   """Captioned scenes of coloured circles, squares and triangles on a 3x3 grid."""
 
   BUILDER_CONFIGS = [
-      ShapesConfig(name="r32", resolution=32, description="32x32 pixels"),
-      ShapesConfig(name="r64", resolution=64, description="64x64 pixels"),
+      ShapesConfig(
+          name=config_name(resolution, language),
+          resolution=resolution,
+          language=language,
+          description=f"{resolution}x{resolution} pixels, {language} captions",
+      )
+      for resolution in RESOLUTIONS
+      for language in CAPTION_LANGUAGES
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "r32"
 
@@ -76,13 +96,18 @@ class DallexShapes(ArrayRecordBuilder):
 
   def _generate_examples(self, split: str, num: int):
     res = self.builder_config.resolution
+    language = self.builder_config.language
     first_pairs = shapes.HELDOUT_PAIRS if split == "heldout" else None
     for index in range(num):
       rng = np.random.default_rng([_SEED, _SPLIT_IDS[split], index])
       objects = shapes.sample_scene(rng, res, first_pairs=first_pairs)
+      said = language
+      if language == "mixed":
+        # Drawn after the scene, so the scene is the one every language has.
+        said = shapes.LANGUAGES[int(rng.random() * len(shapes.LANGUAGES))]
       yield f"{split}-{index:07d}", {
           "image": shapes.render(objects, res),
-          "caption": shapes.caption(objects),
+          "caption": shapes.caption(objects, said),
           "num_objects": len(objects),
           "objects": shapes.objects_to_features(objects),
       }

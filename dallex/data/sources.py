@@ -101,24 +101,30 @@ def open_source(data_config, split: str) -> Source:
   Args:
     data_config: a ConfigDict with ``name`` (``dallex_shapes``, ``caption_folder``
       or any TFDS dataset name), ``resolution``, ``data_dir``, and for
-      ``caption_folder`` ``path``, for other TFDS datasets ``image_key`` and
-      ``caption_key``.
+      ``dallex_shapes`` ``language``, for ``caption_folder`` ``path``, for
+      other TFDS datasets ``image_key`` and ``caption_key``.
     split: a TFDS split (``train``, ``test[:100]``, ...).
   """
   name = data_config.name
   data_dir = os.path.expanduser(data_config.data_dir or DEFAULT_DATA_DIR)
   if name == "dallex_shapes":
-    have = [c.resolution for c in shapes_builder.DallexShapes.BUILDER_CONFIGS]
+    have = shapes_builder.RESOLUTIONS
     if data_config.resolution not in have:
       raise ValueError(
           f"data.resolution={data_config.resolution}: dallex_shapes is made at "
           f"{' and '.join(map(str, have))} px only"
       )
+    if data_config.language not in shapes_builder.CAPTION_LANGUAGES:
+      raise ValueError(
+          f"data.language={data_config.language!r}: dallex_shapes captions are "
+          f"in one of {list(shapes_builder.CAPTION_LANGUAGES)}"
+      )
+    config = shapes_builder.config_name(
+        data_config.resolution, data_config.language
+    )
     builder = _prepared(
-        lambda: shapes_builder.DallexShapes(
-            config=f"r{data_config.resolution}", data_dir=data_dir
-        ),
-        f"dallex_shapes r{data_config.resolution}",
+        lambda: shapes_builder.DallexShapes(config=config, data_dir=data_dir),
+        f"dallex_shapes {config}",
     )
     return Source(builder.as_data_source(split=split), "image", "caption")
   if name == "caption_folder":

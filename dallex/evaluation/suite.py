@@ -18,13 +18,13 @@ import dataclasses
 import hashlib
 import os
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from dallex.data import shapes, sources
+from dallex.data import shapes, shapes_builder, sources
 from dallex.data.images import center_crop_resize
 from dallex.evaluation import alignment, diversity, fid, rprecision
 from dallex.sampling import pad_rows
@@ -68,12 +68,51 @@ def load_eval_set(data_config, split: str, num: int) -> EvalSet:
               example["objects"], example["num_objects"]
           )
       )
+  name = f"{data_config.name}_r{res}"
+  if data_config.name == "dallex_shapes" and data_config.language != "en":
+    name += f"_{data_config.language}"
   return EvalSet(
-      f"{data_config.name}_r{res}/{split}",
+      f"{name}/{split}",
       captions,
       intended if data_config.name == "dallex_shapes" else None,
       np.stack(images) if images else np.zeros((0, res, res, 3), np.uint8),
   )
+
+
+def language_variants(
+    data_config, languages: Sequence[str] | None = None
+) -> list[tuple[str, object]]:
+  """The data configs to evaluate a run on, one per caption language:
+  ``[(suffix, data_config)]``, the suffix (``/en``, ``/zh``) naming each in
+  the report when there are several.
+
+  Args:
+    data_config: the run's ``config.data``.
+    languages: ``dallex_shapes`` caption languages (``en``, ``zh``,
+      ``mixed``); None: the run's own, both ``en`` and ``zh`` for a run
+      trained on mixed captions (the same scenes captioned in each).
+  """
+  if data_config.name != "dallex_shapes":
+    if languages:
+      raise ValueError(
+          f"caption languages {list(languages)} apply to dallex_shapes runs "
+          f"only; this run trained on {data_config.name}"
+      )
+    return [("", data_config)]
+  if not languages:
+    own = data_config.language
+    languages = list(shapes.LANGUAGES) if own == "mixed" else [own]
+  variants = []
+  for language in languages:
+    if language not in shapes_builder.CAPTION_LANGUAGES:
+      raise ValueError(
+          f"caption language {language!r}: dallex_shapes captions are in one "
+          f"of {list(shapes_builder.CAPTION_LANGUAGES)}"
+      )
+    variant = data_config.copy_and_resolve_references()
+    variant.language = language
+    variants.append((f"/{language}" if len(languages) > 1 else "", variant))
+  return variants
 
 
 @dataclasses.dataclass
