@@ -269,14 +269,11 @@ def caption(objects: Sequence[ShapeObject], language: str = "en") -> str:
 
 
 _PATTERNS = {language: g.pattern() for language, g in GRAMMARS.items()}
-_CELL_OF_PLACE = {
-    language: {place: cell for cell, place in g.words["place"].items()}
-    for language, g in GRAMMARS.items()
-}
+# Per language and field, the spec's name of each word (a cell for a place).
 _OF_WORD = {
     language: {
-        field: {word: name for name, word in g.words[field].items()}
-        for field in ("colour", "shape", "size")
+        field: {word: name for name, word in names.items()}
+        for field, names in g.words.items()
     }
     for language, g in GRAMMARS.items()
 }
@@ -314,7 +311,7 @@ def parse_caption(text: str) -> list[dict[str, str]]:
             colour=words["colour"][match["colour"]],
             shape=words["shape"][match["shape"]],
             size=words["size"][match["size"]],
-            cell=_CELL_OF_PLACE[language][match["place"]],
+            cell=words["place"][match["place"]],
         )
     )
   return objects

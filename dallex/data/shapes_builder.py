@@ -27,7 +27,22 @@ CAPTION_LANGUAGES = (*shapes.LANGUAGES, "mixed")
 
 def config_name(resolution: int, language: str = "en") -> str:
   """The builder config of a resolution and caption language: ``r32``,
-  ``r32_zh``, ``r64_mixed``..."""
+  ``r32_zh``, ``r64_mixed``...
+
+  Raises:
+    ValueError: naming ``data.resolution`` or ``data.language`` when no
+      build has it.
+  """
+  if resolution not in RESOLUTIONS:
+    raise ValueError(
+        f"data.resolution={resolution}: dallex_shapes is made at "
+        f"{' and '.join(map(str, RESOLUTIONS))} px only"
+    )
+  if language not in CAPTION_LANGUAGES:
+    raise ValueError(
+        f"data.language={language!r}: dallex_shapes captions are in one of "
+        f"{list(CAPTION_LANGUAGES)}"
+    )
   return f"r{resolution}" + ("" if language == "en" else f"_{language}")
 
 

@@ -108,17 +108,6 @@ def open_source(data_config, split: str) -> Source:
   name = data_config.name
   data_dir = os.path.expanduser(data_config.data_dir or DEFAULT_DATA_DIR)
   if name == "dallex_shapes":
-    have = shapes_builder.RESOLUTIONS
-    if data_config.resolution not in have:
-      raise ValueError(
-          f"data.resolution={data_config.resolution}: dallex_shapes is made at "
-          f"{' and '.join(map(str, have))} px only"
-      )
-    if data_config.language not in shapes_builder.CAPTION_LANGUAGES:
-      raise ValueError(
-          f"data.language={data_config.language!r}: dallex_shapes captions are "
-          f"in one of {list(shapes_builder.CAPTION_LANGUAGES)}"
-      )
     config = shapes_builder.config_name(
         data_config.resolution, data_config.language
     )

@@ -69,8 +69,10 @@ def load_eval_set(data_config, split: str, num: int) -> EvalSet:
           )
       )
   name = f"{data_config.name}_r{res}"
-  if data_config.name == "dallex_shapes" and data_config.language != "en":
-    name += f"_{data_config.language}"
+  if data_config.name == "dallex_shapes":
+    name = "dallex_shapes_" + shapes_builder.config_name(
+        res, data_config.language
+    )
   return EvalSet(
       f"{name}/{split}",
       captions,
@@ -104,11 +106,8 @@ def language_variants(
     languages = list(shapes.LANGUAGES) if own == "mixed" else [own]
   variants = []
   for language in languages:
-    if language not in shapes_builder.CAPTION_LANGUAGES:
-      raise ValueError(
-          f"caption language {language!r}: dallex_shapes captions are in one "
-          f"of {list(shapes_builder.CAPTION_LANGUAGES)}"
-      )
+    # Raises, naming the language, when no build has it.
+    shapes_builder.config_name(data_config.resolution, language)
     variant = data_config.copy_and_resolve_references()
     variant.language = language
     variants.append((f"/{language}" if len(languages) > 1 else "", variant))
