@@ -5,13 +5,16 @@ file and a sheet of the worst samples.
         --out eval.json [--step N] [--noema] [--inception inception_fid.npz]
 
 Per split (and caption language, for a run trained on both): the shapes
-checker's accuracies (dallex_shapes), R-precision from
-the model's own contrastive heads, FID/KID when --inception names converted
-weights (see dallex/evaluation/inception.py). On dallex_shapes, the diversity
+checker's accuracies (dallex_shapes); on other data nearest-real-image
+retrieval and, for a caption folder with labels, the classifier of real images
+reading the generated ones (dallex/evaluation/realdata.py); R-precision from
+the model's own contrastive heads (self-judgement), FID/KID when --inception
+names converted weights (see dallex/evaluation/inception.py). On dallex_shapes, the diversity
 ratios (dallex/evaluation/diversity.py): how much a caption's noise seeds vary
 its objects' centre, size and colour against the dataset's own jitter. The
 worst-scored samples of the first split, with their captions and what was
-wrong, go to --worst_png.
+wrong, go to --worst_png; on other data, real images beside generated ones
+to OUT_pairs.png.
 """
 
 import json
@@ -27,7 +30,7 @@ flags.DEFINE_string(
     "split",
     None,
     "Comma-separated splits (default: test,heldout for "
-    "dallex_shapes, else test).",
+    "dallex_shapes, train for a caption folder, else test).",
 )
 flags.DEFINE_list(
     "language",
@@ -90,7 +93,9 @@ def main(argv):
   data = sampler.config.data
   if FLAGS.data_dir:
     data.data_dir = FLAGS.data_dir
-  default = "test,heldout" if data.name == "dallex_shapes" else "test"
+  default = {"dallex_shapes": "test,heldout", "caption_folder": "train"}.get(
+      data.name, "test"
+  )
   splits = [s.strip() for s in (FLAGS.split or default).split(",") if s.strip()]
   inception, inception_id = None, ""
   if FLAGS.inception:
@@ -106,7 +111,7 @@ def main(argv):
     variants = suite.language_variants(data, FLAGS.language)
   except ValueError as e:
     raise app.UsageError(f"--language: {e}") from None
-  results, first = {}, None
+  results, first, first_set = {}, None, None
   for name, variant, split in [
       (split + suffix, variant, split)
       for suffix, variant in variants
@@ -123,7 +128,8 @@ def main(argv):
         batch_size=FLAGS.batch_size,
     )
     results[name] = result.metrics
-    first = first or result
+    if first is None:
+      first, first_set = result, eval_set
   spread = None
   if data.name == "dallex_shapes" and FLAGS.diversity_captions:
     spread = suite.diversity_report(
@@ -151,6 +157,11 @@ def main(argv):
   worst = suite.worst_samples_png(
       first, FLAGS.worst_png or os.path.splitext(FLAGS.out)[0] + "_worst.png"
   )
+  pairs = None
+  if data.name != "dallex_shapes":
+    pairs = suite.pairs_png(
+        first, first_set, os.path.splitext(FLAGS.out)[0] + "_pairs.png"
+    )
   print(f"step {sampler.step}, seed {FLAGS.seed}, {FLAGS.workdir}")
   print(suite.format_table(results))
   if spread is not None:
@@ -162,9 +173,12 @@ def main(argv):
             for k in ("centre", "size", "colour")
         )
     )
+  if "r_precision" in first.metrics:
+    print("(r_precision: the model's own heads judging its images)")
   print(
       f"-> {FLAGS.out}"
       + (f"; worst samples of {splits[0]} -> {worst}" if worst else "")
+      + (f"; real beside generated -> {pairs}" if pairs else "")
   )
 
 

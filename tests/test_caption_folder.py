@@ -55,7 +55,13 @@ def messy_folder(tmp_path):
   _write_metadata(
       folder,
       [
-          json.dumps({"file_name": "wide.png", "text": "a wide picture"}),
+          json.dumps(
+              {
+                  "file_name": "wide.png",
+                  "text": "a wide picture",
+                  "label": "wide",
+              }
+          ),
           json.dumps(
               {"file_name": "sub/gray.jpg", "text": ["gray one", "gray two"]}
           ),
@@ -67,6 +73,7 @@ def messy_folder(tmp_path):
           '{"file_name": "wide.png", "text": ',
           json.dumps({"file_name": "../escape.png", "text": "outside"}),
           json.dumps({"file_name": "pal.png", "text": 42}),
+          json.dumps({"file_name": "pal.png", "text": "p", "label": 7}),
       ],
   )
   return folder
@@ -94,16 +101,23 @@ def test_messy_folder_keeps_exactly_the_good_examples(
       "missing.png: file not found",
       "../escape.png) : the file lies outside".replace(") :", "):"),
       'line 10 (pal.png): "text" must be',
+      'line 11 (pal.png): "label" must be a string',
   ]:
     assert sum(bad in m for m in messages) == 1, (bad, messages)
-  assert len(messages) == 6
-  assert "kept 4 examples, skipped 6" in capsys.readouterr().out
+  assert len(messages) == 7
+  assert "kept 4 examples, skipped 7" in capsys.readouterr().out
 
   source = builder.as_data_source(split="train")
   got = {source[i]["file_name"].decode(): source[i] for i in range(len(source))}
   assert sorted(got) == ["pal.png", "rgba.webp", "sub/gray.jpg", "wide.png"]
   for ex in got.values():
     assert ex["image"].shape == (32, 32, 3) and ex["image"].dtype == np.uint8
+  assert {k: ex["label"].decode() for k, ex in got.items()} == {
+      "wide.png": "wide",
+      "pal.png": "",
+      "rgba.webp": "",
+      "sub/gray.jpg": "",
+  }
   assert [c.decode() for c in got["sub/gray.jpg"]["captions"]] == [
       "gray one",
       "gray two",

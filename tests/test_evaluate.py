@@ -105,6 +105,40 @@ def test_fid_of_the_real_images_is_zero_and_their_features_are_cached(tmp_path):
   assert result.metrics["fid"] > 1.0 and result.metrics["kid"] > same_kid + 1.0
 
 
+def test_caption_folder_data_is_measured_against_its_real_images(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (80, 16, 16, 3), dtype=np.uint8)
+  images[1::2] //= 4  # labels the classifier can see: half are dark
+  images[::2] = 192 + images[::2] // 4
+  labels = ["light", "dark"] * 40
+  captions = [f"picture {i}" for i in range(80)]
+  eval_set = suite.EvalSet("folder/train", captions, None, images, labels)
+  copies = suite.evaluate(_CopySampler(images), eval_set).metrics
+  assert copies["retrieval_top1"] == 1.0
+  assert copies["retrieval_top5_chance"] == pytest.approx(5 / 80)
+  assert copies["classifier_generated"] == 1.0
+  assert copies["classifier_chance"] == 0.5
+  reversed_ = suite.evaluate(_CopySampler(images[::-1]), eval_set)
+  assert reversed_.metrics["retrieval_top1"] == 0.0
+  # Every dark one reads light and every light one dark.
+  assert reversed_.metrics["classifier_generated"] == 0.0
+  path = suite.pairs_png(
+      reversed_, eval_set, str(tmp_path / "pairs.png"), num=2, scale=1
+  )
+  sheet = np.asarray(Image.open(path))
+  # The first and the last caption, each real image left of its generated one.
+  np.testing.assert_array_equal(sheet[4:20, 4:20], images[0])
+  np.testing.assert_array_equal(sheet[4:20, 24:40], images[79])
+  right = 4 + 164  # the second tile: 160 wide, 4 apart
+  np.testing.assert_array_equal(sheet[4:20, right : right + 16], images[79])
+  np.testing.assert_array_equal(sheet[4:20, right + 20 : right + 36], images[0])
+  unlabelled = suite.EvalSet("folder/train", captions, None, images)
+  assert (
+      "classifier_generated"
+      not in suite.evaluate(_CopySampler(images), unlabelled).metrics
+  )
+
+
 def test_a_mixed_run_is_evaluated_in_each_language():
   data = default_config().data
   data.language = "mixed"

@@ -4,8 +4,11 @@ The folder follows the Hugging Face ImageFolder convention::
 
     my_images/
       metadata.jsonl   {"file_name": "cat.png", "text": "a cat on a mat"}
-      cat.png          {"file_name": "sub/dog.jpg", "text": ["a dog", "a brown dog"]}
-      sub/dog.jpg
+      cat.png          {"file_name": "sub/dog.jpg", "text": ["a dog", "a brown dog"],
+      sub/dog.jpg       "label": "animal"}
+
+An optional ``label`` (a string, say the image's category) is kept for the
+evaluation's classifier of real images (``dallex.evaluation.realdata``).
 
 Images (png, jpg, jpeg, webp, any mode) are centre-cropped, resized to the
 config's resolution and converted to RGB. A bad line or image is skipped with a
@@ -55,6 +58,7 @@ class Entry:
 
   file_name: str
   captions: tuple[str, ...]
+  label: str = ""
 
 
 def _skip(what: str, why: str) -> None:
@@ -103,6 +107,7 @@ def read_metadata(folder: str) -> tuple[list[Entry], int]:
   meta_path = metadata_path(folder)
   root = os.path.realpath(folder)
   entries: dict[str, list[str]] = {}
+  labels: dict[str, str] = {}  # the first line's, for a repeated file name
   skipped = 0
   with open(meta_path, "rb") as f:
     for number, raw in enumerate(f, start=1):
@@ -130,6 +135,11 @@ def read_metadata(folder: str) -> tuple[list[Entry], int]:
         )
         skipped += 1
         continue
+      label = record.get("label", "")
+      if not isinstance(label, str):
+        _skip(f"{where} ({name})", '"label" must be a string')
+        skipped += 1
+        continue
       full = os.path.realpath(os.path.join(root, name))
       if os.path.commonpath([root, full]) != root:
         _skip(f"{where} ({name})", "the file lies outside the folder")
@@ -139,8 +149,12 @@ def read_metadata(folder: str) -> tuple[list[Entry], int]:
         _skip(f"{where} ({name})", f"not an image extension {IMAGE_EXTENSIONS}")
         skipped += 1
         continue
-      entries.setdefault(os.path.relpath(full, root), []).extend(captions)
-  return [Entry(name, tuple(caps)) for name, caps in entries.items()], skipped
+      key = os.path.relpath(full, root)
+      entries.setdefault(key, []).extend(captions)
+      labels.setdefault(key, label.strip())
+  return [
+      Entry(name, tuple(caps), labels[name]) for name, caps in entries.items()
+  ], skipped
 
 
 def folder_fingerprint(folder: str) -> str:
@@ -162,11 +176,18 @@ def folder_fingerprint(folder: str) -> str:
 class CaptionFolder(ArrayRecordBuilder):
   """Images with captions from a local folder (see the module docstring)."""
 
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "1.1.0": "Each example's label ('' when the metadata has none).",
+  }
+
   def _info(self) -> tfds.core.DatasetInfo:
     return self.info_with(
         __doc__,
         captions=tfds.features.Sequence(tfds.features.Text()),
         file_name=tfds.features.Text(),
+        label=tfds.features.Text(),
     )
 
   def _split_generators(self, dl_manager):
@@ -195,6 +216,7 @@ class CaptionFolder(ArrayRecordBuilder):
           "image": image,
           "captions": list(entry.captions),
           "file_name": entry.file_name,
+          "label": entry.label,
       }
     report = (
         f"caption_folder {folder!r}: kept {kept} examples, skipped {skipped}"

@@ -5,9 +5,12 @@
     result.metrics        # {"object_accuracy": ..., "r_precision": ..., "fid": ...}
     worst_samples_png(result, "worst.png")
 
-Metrics: the shapes alignment checker's accuracies (``dallex_shapes`` only),
-R-precision from the model's own contrastive heads (when it has them), and FID
-and KID when an Inception feature function is given. Generated image i uses
+Metrics: the shapes alignment checker's accuracies (``dallex_shapes`` only);
+on other data, nearest-real-image retrieval and, when the examples carry
+labels, a classifier of the real images reading the generated ones
+(``realdata``); R-precision from the model's own contrastive heads (when it
+has them: the model judging itself); FID and KID when an Inception feature
+function is given. Generated image i uses
 caption i of the split and noise index i under ``seed``, so two evaluations
 of one checkpoint with one seed see the same images.
 """
@@ -26,7 +29,7 @@ from tqdm import tqdm
 
 from dallex.data import shapes, shapes_builder, sources
 from dallex.data.images import center_crop_resize
-from dallex.evaluation import alignment, diversity, fid, rprecision
+from dallex.evaluation import alignment, diversity, fid, realdata, rprecision
 from dallex.sampling import pad_rows
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]
@@ -41,12 +44,15 @@ class EvalSet:
     captions: [N] one caption per example (its first).
     intended: [N] each example's objects (``dallex_shapes`` only), else None.
     images: uint8 [N, R, R, 3] real images at the config's resolution.
+    labels: [N] each example's label (a caption folder's ``label``; "" for
+      none), None when the dataset has no labels.
   """
 
   name: str
   captions: list[str]
   intended: list[list[dict[str, str]]] | None
   images: np.ndarray
+  labels: list[str] | None = None
 
 
 def load_eval_set(data_config, split: str, num: int) -> EvalSet:
@@ -55,13 +61,16 @@ def load_eval_set(data_config, split: str, num: int) -> EvalSet:
     raise ValueError(f"num must be >= 1, got {num}")
   source = sources.open_source(data_config, split)
   n = min(num, len(source.data))
-  captions, intended, images = [], [], []
+  captions, intended, images, labels = [], [], [], []
   res = data_config.resolution
   for i in range(n):
     example = source.data[i]
     image, texts = source.extract(example)
     images.append(center_crop_resize(image, res))
     captions.append(texts[0])
+    if "label" in example:
+      label = example["label"]
+      labels.append(label.decode() if isinstance(label, bytes) else str(label))
     if data_config.name == "dallex_shapes":
       intended.append(
           shapes.objects_from_features(
@@ -78,6 +87,7 @@ def load_eval_set(data_config, split: str, num: int) -> EvalSet:
       captions,
       intended if data_config.name == "dallex_shapes" else None,
       np.stack(images) if images else np.zeros((0, res, res, 3), np.uint8),
+      labels if any(labels) else None,
   )
 
 
@@ -224,6 +234,18 @@ def evaluate(
     metrics.update(alignment.summarize(verdicts))
     scores = np.array([v.score for v in verdicts])
     notes = [_verdict_note(v) for v in verdicts]
+  else:
+    metrics.update(
+        realdata.retrieval(
+            images, eval_set.captions, eval_set.images, eval_set.captions
+        )
+    )
+    if eval_set.labels is not None:
+      metrics.update(
+          realdata.label_report(
+              images, eval_set.labels, eval_set.images, eval_set.labels
+          )
+      )
   if sampler.d_params is not None and sampler.config.model.arch != "seed":
     distinct = sorted(set(eval_set.captions))
     if len(distinct) >= 2:
@@ -292,6 +314,42 @@ def diversity_report(
   return out
 
 
+def _sheet(
+    items: Sequence[tuple[Sequence[np.ndarray], list[str]]],
+    path: str,
+    scale: int,
+    columns: int,
+    lines: int,
+) -> str:
+  """A PNG of tiles, each its images side by side above up to ``lines`` lines
+  of text (a line starting with '->' in orange)."""
+  res = items[0][0][0].shape[0] * scale
+  per_tile = len(items[0][0])
+  width = max(per_tile * (res + 4) - 4, 160)
+  line_height = 11
+  tile_h = res + line_height * lines + 4
+  rows = -(-len(items) // columns)
+  sheet = Image.new(
+      "RGB", (columns * (width + 4) + 4, rows * (tile_h + 4) + 4), (40, 40, 40)
+  )
+  draw = ImageDraw.Draw(sheet)
+  for k, (images, text) in enumerate(items):
+    r, c = divmod(k, columns)
+    left, top = 4 + c * (width + 4), 4 + r * (tile_h + 4)
+    for j, image in enumerate(images):
+      tile = Image.fromarray(image).resize((res, res), Image.Resampling.NEAREST)
+      sheet.paste(tile, (left + j * (res + 4), top))
+    for j, line in enumerate(text[:lines]):
+      draw.text(
+          (left, top + res + 2 + j * line_height),
+          line,
+          fill=(255, 200, 120) if line.startswith("->") else (230, 230, 230),
+      )
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  sheet.save(path)
+  return path
+
+
 def worst_samples_png(
     result: Evaluation,
     path: str,
@@ -302,35 +360,36 @@ def worst_samples_png(
   """A PNG of the ``num`` lowest-scored samples, each with its caption and what was wrong."""
   if result.scores is None or not len(result.images):
     return None
-  order = np.argsort(result.scores, kind="stable")[:num]
-  res = result.images.shape[1] * scale
-  width = max(res, 160)
-  line_height, lines = 11, 6
-  tile_h = res + line_height * lines + 4
-  rows = -(-len(order) // columns)
-  sheet = Image.new(
-      "RGB", (columns * (width + 4) + 4, rows * (tile_h + 4) + 4), (40, 40, 40)
-  )
-  draw = ImageDraw.Draw(sheet)
-  for k, i in enumerate(order):
-    r, c = divmod(k, columns)
-    left, top = 4 + c * (width + 4), 4 + r * (tile_h + 4)
-    tile = Image.fromarray(result.images[i]).resize(
-        (res, res), Image.Resampling.NEAREST
-    )
-    sheet.paste(tile, (left, top))
-    text = textwrap.wrap(result.captions[i], width // 6)[: lines - 1]
+  items = []
+  for i in np.argsort(result.scores, kind="stable")[:num]:
+    width = max(result.images.shape[1] * scale, 160)
+    text = textwrap.wrap(result.captions[i], width // 6)[:5]
     if result.notes[i]:
       text.append("-> " + result.notes[i])
-    for j, line in enumerate(text[:lines]):
-      draw.text(
-          (left, top + res + 2 + j * line_height),
-          line,
-          fill=(255, 200, 120) if line.startswith("->") else (230, 230, 230),
+    items.append(([result.images[i]], text))
+  return _sheet(items, path, scale, columns, lines=6)
+
+
+def pairs_png(
+    result: Evaluation,
+    eval_set: EvalSet,
+    path: str,
+    num: int = 16,
+    scale: int = 3,
+    columns: int = 4,
+) -> str:
+  """A PNG of ``num`` captions spread evenly over the set, each with its real
+  image (left) and the generated one (right) above the caption."""
+  order = np.linspace(0, len(result.images) - 1, min(num, len(result.images)))
+  width = max(2 * result.images.shape[1] * scale + 4, 160)
+  items = [
+      (
+          [eval_set.images[i], result.images[i]],
+          textwrap.wrap(result.captions[i], width // 6),
       )
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  sheet.save(path)
-  return path
+      for i in np.unique(order.astype(int))
+  ]
+  return _sheet(items, path, scale, columns, lines=3)
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
