@@ -9,12 +9,12 @@ checker's accuracies (dallex_shapes); on other data nearest-real-image
 retrieval and, for a caption folder with labels, the classifier of real images
 reading the generated ones (dallex/evaluation/realdata.py); R-precision from
 the model's own contrastive heads (self-judgement), FID/KID when --inception
-names converted weights (see dallex/evaluation/inception.py). On dallex_shapes, the diversity
-ratios (dallex/evaluation/diversity.py): how much a caption's noise seeds vary
-its objects' centre, size and colour against the dataset's own jitter. The
-worst-scored samples of the first split, with their captions and what was
-wrong, go to --worst_png; on other data, real images beside generated ones
-to OUT_pairs.png.
+names converted weights (see dallex/evaluation/inception.py). On
+dallex_shapes, the diversity ratios (dallex/evaluation/diversity.py): how
+much a caption's noise seeds vary its objects' centre, size and colour
+against the dataset's own jitter. The worst-scored samples of the first
+split, with their captions and what was wrong, go to --worst_png; on other
+data, real images beside generated ones to OUT_pairs.png.
 """
 
 import json

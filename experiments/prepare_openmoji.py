@@ -4,7 +4,7 @@
     python -m experiments.prepare_openmoji data/openmoji [--size 128]
     python -m experiments.train --config experiments/configs/openmoji.py --workdir runs/openmoji
 
-About 3,950 emoji, each a PNG drawn on white with its Unicode name as caption
+About 4,050 emoji, each a PNG drawn on white with its Unicode name as caption
 and its emoji group as label (for the group classifier of
 experiments/evaluate.py). OpenMoji is CC BY-SA 4.0; the folder carries its
 attribution. See dallex/data/openmoji.py.

@@ -6,9 +6,13 @@ Unicode names) at 32 px, for 30 minutes of training.
 
 after writing the data once: pip install 'dallex[openmoji]', then
 python -m experiments.prepare_openmoji data/openmoji. 64 px:
---config.data.resolution=64. evaluate reports nearest-real-image retrieval and
-the emoji-group classifier (dallex/evaluation/realdata.py); docs/quality.md
-has what it reaches.
+--config.data.resolution=64 (not yet measured).
+
+Reaches, in its 30 minutes on a 2-core VM (2,850 steps, seed 0): the nearest
+real image of a generated one (dallex/evaluation/realdata.py) is the one its
+caption names for 3% of the captions, among the five nearest for 11% (chance
+0.12%); a classifier of the emoji groups fit on the real images reads 34% of
+the generated ones right (chance 11%, real images 58%). docs/quality.md.
 """
 
 from experiments.configs import folder
