@@ -315,31 +315,33 @@ def diversity_report(
 
 
 def _sheet(
-    items: Sequence[tuple[Sequence[np.ndarray], list[str]]],
+    items: Sequence[tuple[Sequence[np.ndarray], str, str]],
     path: str,
     scale: int,
     columns: int,
-    lines: int,
+    caption_lines: int,
+    note_line: bool,
 ) -> str:
-  """A PNG of tiles, each its images side by side above up to ``lines`` lines
-  of text (a line starting with '->' in orange)."""
+  """A PNG of tiles: each item's images side by side, above its caption
+  (wrapped, up to ``caption_lines`` lines) and, with ``note_line``, its note
+  when not empty (in orange, after '->')."""
   res = items[0][0][0].shape[0] * scale
-  per_tile = len(items[0][0])
-  width = max(per_tile * (res + 4) - 4, 160)
-  line_height = 11
+  width = max(len(items[0][0]) * (res + 4) - 4, 160)
+  line_height, lines = 11, caption_lines + note_line
   tile_h = res + line_height * lines + 4
   rows = -(-len(items) // columns)
   sheet = Image.new(
       "RGB", (columns * (width + 4) + 4, rows * (tile_h + 4) + 4), (40, 40, 40)
   )
   draw = ImageDraw.Draw(sheet)
-  for k, (images, text) in enumerate(items):
+  for k, (images, caption, note) in enumerate(items):
     r, c = divmod(k, columns)
     left, top = 4 + c * (width + 4), 4 + r * (tile_h + 4)
     for j, image in enumerate(images):
       tile = Image.fromarray(image).resize((res, res), Image.Resampling.NEAREST)
       sheet.paste(tile, (left + j * (res + 4), top))
-    for j, line in enumerate(text[:lines]):
+    text = textwrap.wrap(caption, width // 6)[:caption_lines]
+    for j, line in enumerate(text + ([f"-> {note}"] if note else [])):
       draw.text(
           (left, top + res + 2 + j * line_height),
           line,
@@ -360,14 +362,11 @@ def worst_samples_png(
   """A PNG of the ``num`` lowest-scored samples, each with its caption and what was wrong."""
   if result.scores is None or not len(result.images):
     return None
-  items = []
-  for i in np.argsort(result.scores, kind="stable")[:num]:
-    width = max(result.images.shape[1] * scale, 160)
-    text = textwrap.wrap(result.captions[i], width // 6)[:5]
-    if result.notes[i]:
-      text.append("-> " + result.notes[i])
-    items.append(([result.images[i]], text))
-  return _sheet(items, path, scale, columns, lines=6)
+  worst = np.argsort(result.scores, kind="stable")[:num]
+  items = [
+      ([result.images[i]], result.captions[i], result.notes[i]) for i in worst
+  ]
+  return _sheet(items, path, scale, columns, caption_lines=5, note_line=True)
 
 
 def pairs_png(
@@ -380,16 +379,12 @@ def pairs_png(
 ) -> str:
   """A PNG of ``num`` captions spread evenly over the set, each with its real
   image (left) and the generated one (right) above the caption."""
-  order = np.linspace(0, len(result.images) - 1, min(num, len(result.images)))
-  width = max(2 * result.images.shape[1] * scale + 4, 160)
+  spread = np.linspace(0, len(result.images) - 1, min(num, len(result.images)))
   items = [
-      (
-          [eval_set.images[i], result.images[i]],
-          textwrap.wrap(result.captions[i], width // 6),
-      )
-      for i in np.unique(order.astype(int))
+      ([eval_set.images[i], result.images[i]], result.captions[i], "")
+      for i in np.unique(spread.astype(int))
   ]
-  return _sheet(items, path, scale, columns, lines=3)
+  return _sheet(items, path, scale, columns, caption_lines=3, note_line=False)
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
