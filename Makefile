@@ -31,7 +31,7 @@ demo: $(STAMP)
 # pytest exits 5 when it collects no test; that is a failure of the suite, not a pass.
 # Much of the suite is single-threaded XLA compilation, so one worker per core.
 test: lint
-	$(BIN)/python -m pytest -q --numprocesses=auto --maxprocesses=4
+	$(BIN)/python -m pytest -q --numprocesses=auto --maxprocesses=4 --durations=20
 
 # The code as pyink formats it, and no ruff finding (pyproject.toml has both configs).
 lint: $(STAMP)

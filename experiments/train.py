@@ -61,7 +61,11 @@ def main(argv):
   try:
     train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.start_over)
   except (RunError, WorkdirBusyError) as e:
-    sys.exit(f"dallex: {type(e).__name__}: {e}")
+    # One write, now: Orbax's threads may still be printing while the
+    # interpreter shuts down, and sys.exit(message) would print it then.
+    sys.stderr.write(f"dallex: {type(e).__name__}: {e}\n")
+    sys.stderr.flush()
+    sys.exit(1)
 
 
 def _without_tracebacks(record) -> bool:

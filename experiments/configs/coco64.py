@@ -8,8 +8,9 @@ Building coco_captions the first time needs TensorFlow: pip install 'dallex[tf]'
 The accelerator-sized model (``dallex.config.accelerator_sizes``: bfloat16,
 batch 256) with COCO's longer captions, without the layout loss (its target
 suits objects on a black background).
-Never trained yet: no accelerator run has been measured, so there is no
-result to expect.
+No accelerator run has been measured, so there is no result to expect;
+`make test` trains it for 3 steps at test sizes on TFDS mock data of
+coco_captions' layout (tests/test_configs.py).
 """
 
 from dallex.config import accelerator_sizes, default_config
