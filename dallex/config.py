@@ -66,6 +66,7 @@ def default_config() -> ml_collections.ConfigDict:
               conditioning_augmentation=False,  # the article's VAE latent; on: set loss.kl (8, 19)
               local_style=2,  # up blocks (from the coarsest) whose AdaIN reads the grid (17)
               layout_head=True,  # the grid tokens guess the coarse image (loss.layout; 16)
+              layout_patch=1,  # each guesses a P x P patch of it: [G*P, G*P] (27)
               grid_style=False,  # w added to the grid tokens, AdaLN in its Transformer (16)
           ),
           discriminator=dict(
@@ -209,7 +210,7 @@ def _differences(
 
 # Fields added since runs were first saved whose default is what older versions
 # did: a saved config without one reads as having the default.
-_ADDED_FIELDS = ("data.language",)
+_ADDED_FIELDS = ("data.language", "model.generator.layout_patch")
 
 
 def from_json(path: str) -> ml_collections.ConfigDict:

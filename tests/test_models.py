@@ -727,6 +727,27 @@ def test_layout_loss_needs_the_layout_head_a_known_pool_and_distance():
       build_objective(bad)
 
 
+def test_each_grid_token_guesses_its_own_patch_of_the_layout():
+  """layout_patch=2: a 4x4 grid guesses an 8x8 layout, token (i, j) the pixels
+  (2i + a, 2j + b); with the head's kernel zeroed every token gives the
+  head's bias as its patch, so the layout is that patch tiled."""
+  config = tiny_config()
+  config.model.generator.update(layout_head=True, layout_patch=2)
+  objective = build_objective(config)
+  batch = tiny_batch(config, 2)
+  g_params = init_params(objective, jax.random.key(0), batch)[0]
+  head = g_params["params"]["layout"]
+  assert head["kernel"].shape[-1] == 2 * 2 * 3
+  patch = jnp.arange(12.0).reshape(2, 2, 3)
+  head["kernel"] = jnp.zeros_like(head["kernel"])
+  head["bias"] = patch.reshape(-1)
+  out = _generate(objective, g_params, batch["ids"], batch["mask"])
+  np.testing.assert_array_equal(out.layout, jnp.tile(patch, (2, 4, 4, 1)))
+  config.model.generator.layout_patch = 0
+  with pytest.raises(ValueError, match="layout_patch must be >= 1, got 0"):
+    init_params(build_objective(config), jax.random.key(0), batch)
+
+
 @pytest.mark.parametrize("grid_style", [True, False])
 def test_without_grid_style_the_grid_reads_the_caption_alone(grid_style):
   """With random (trained-like) parameters the grid tokens (read by the layout

@@ -211,6 +211,8 @@ class Generator(nn.Module):
       pooled over each token's square (``GeneratorOutput.layout``), for
       ``loss.layout``: a short path from the real image to the cross-attention
       that reads the caption.
+    layout_patch: P, the side of the patch each grid token guesses: the
+      layout is [B, G * P, G * P, 3], the image pooled to that size.
     grid_style: w is added to every grid token and modulates the grid
       Transformer's norms (AdaLN). Off, the grid Transformer reads the caption
       alone and w enters at ``grid_norm`` and the up blocks. On, the part of the
@@ -235,6 +237,7 @@ class Generator(nn.Module):
   conditioning_augmentation: bool
   local_style: int
   layout_head: bool
+  layout_patch: int
   grid_style: bool
   scan: bool
   remat: bool
@@ -292,9 +295,14 @@ class Generator(nn.Module):
     if self.layout_head:
       # Read through a LayerNorm of its own, not the style-modulated grid_norm:
       # the layout is the caption's, and z should not rescale its guess.
-      layout = nn.Dense(3, dtype=jnp.float32, name="layout")(
+      g, p = self.grid, self.layout_patch
+      if p < 1:
+        raise ValueError(f"layout_patch must be >= 1, got {p}")
+      layout = nn.Dense(3 * p * p, dtype=jnp.float32, name="layout")(
           Norm(jnp.float32, name="layout_norm")(x)
-      ).reshape(batch, self.grid, self.grid, 3)
+      )
+      layout = layout.reshape(batch, g, g, p, p, 3).transpose(0, 1, 3, 2, 4, 5)
+      layout = layout.reshape(batch, g * p, g * p, 3)
     x = Norm(self.dtype, name="grid_norm")(x, w)
     x = x.reshape(batch, self.grid, self.grid, self.width)
     grid_tokens = x
