@@ -22,7 +22,8 @@ from jax.experimental import multihost_utils
 
 from dallex.data import caption_folder, shapes_builder
 
-DEFAULT_DATA_DIR = os.environ.get("DALLEX_DATA_DIR", "~/tensorflow_datasets")
+# An empty DALLEX_DATA_DIR counts as unset, not as the current directory.
+DEFAULT_DATA_DIR = os.environ.get("DALLEX_DATA_DIR") or "~/tensorflow_datasets"
 
 
 def _lookup(example: dict, key: str) -> Any:

@@ -6,8 +6,7 @@ r"""COCO captions at 64 px, for an accelerator (TFDS `coco_captions`).
 Building coco_captions the first time needs TensorFlow: pip install 'dallex[tf]'.
 
 The accelerator-sized model (``dallex.config.accelerator_sizes``: bfloat16,
-batch 256) with COCO's longer captions, without the layout loss (its target
-suits objects on a black background).
+batch 256) with COCO's longer captions.
 No accelerator run has been measured, so there is no result to expect;
 `make test` trains it for 3 steps at test sizes on TFDS mock data of
 coco_captions' layout (tests/test_configs.py).
@@ -27,8 +26,6 @@ def get_config():
       prefetch=8,
   )
   c.model.text.max_length = c.model.discriminator.text.max_length = 256
-  c.model.generator.layout_head = False
-  c.loss.layout = 0.0
   c.train.update(
       steps=200_000,
       checkpoint_every=5000,

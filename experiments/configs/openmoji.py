@@ -8,12 +8,12 @@ after writing the data once: pip install 'dallex[openmoji]', then
 python -m experiments.prepare_openmoji data/openmoji. 64 px:
 --config.data.resolution=64 (not yet measured).
 
-Reaches, in its 30 minutes on a 2-core VM (2,850-3,250 steps, seeds 0 and
-1): the nearest real image of a generated one (dallex/evaluation/realdata.py)
-is the one its caption names for 3% of the captions, among the five nearest
-for 11-13% (chance 0.12%); a classifier of the emoji groups fit on the real
-images reads 34-35% of the generated ones right (chance 11%, real images
-58%). docs/quality.md.
+Reaches, at 2,850 steps (what 30 minutes gave on a 2-core VM with up to
+half its CPU stolen; seed 0): the nearest real image of a generated one
+(dallex/evaluation/realdata.py) is the one its caption names for 9.5% of
+the captions, among the five nearest for 28% (chance 0.12%); a classifier
+of the emoji groups fit on the real images reads 34% of the generated ones
+right (chance 11%, real images 58%). docs/quality.md.
 """
 
 from experiments.configs import folder

@@ -1,4 +1,4 @@
-r"""The default model on the shapes at 32 px, captioned in English or Chinese.
+r"""`shapes32`, its scenes captioned in English or Chinese.
 
     python -m experiments.train --config experiments/configs/shapes32_mixed.py --workdir runs/mixed
     python -m experiments.evaluate --workdir runs/mixed --num 2000 --out runs/mixed/eval.json
@@ -14,11 +14,11 @@ captions all right 1.00 / 1.00, both objects of two-object captions 0.54 /
 0.46 and held-out one-object captions 0.91 / 0.83.
 """
 
-from dallex.config import default_config
+from experiments.configs import shapes32
 
 
 def get_config():
-  c = default_config()
+  c = shapes32.get_config()
   c.data.language = "mixed"
   c.sample.prompts = [
       "a small red circle on the left",

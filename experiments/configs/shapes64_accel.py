@@ -9,11 +9,12 @@ check (``python -m experiments.device_check``) measures its step; no
 accelerator run of it has been measured yet, so there is no result to expect.
 """
 
-from dallex.config import accelerator_sizes, default_config
+from dallex.config import accelerator_sizes
+from experiments.configs import shapes32
 
 
 def get_config():
-  c = accelerator_sizes(default_config())
+  c = accelerator_sizes(shapes32.get_config())
   c.data.resolution = 64
   c.train.update(
       steps=20_000, checkpoint_every=2000, log_every=100, sample_every=1000
