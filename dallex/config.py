@@ -213,9 +213,9 @@ def _differences(
   return missing, unknown
 
 
-# Fields added since runs were first saved whose default is what older versions
-# did: a saved config without one reads as having the default.
-_ADDED_FIELDS = ("data.language", "model.generator.layout_patch")
+# Fields added since runs were first saved, with the value that gives what
+# older versions did: a saved config without one reads as having that value.
+_ADDED_FIELDS = {"data.language": "en", "model.generator.layout_patch": 1}
 
 
 def from_json(path: str) -> ml_collections.ConfigDict:
@@ -225,7 +225,7 @@ def from_json(path: str) -> ml_collections.ConfigDict:
     FileNotFoundError: ``path`` does not exist.
     ValueError: it is not JSON, or its keys are not the schema's (each one named:
       a workdir written by another version of dallex). A field of
-      ``_ADDED_FIELDS`` that is missing takes its default.
+      ``_ADDED_FIELDS`` that is missing takes the value older versions had.
   """
   try:
     with open(path, encoding="utf-8") as f:
@@ -240,10 +240,10 @@ def from_json(path: str) -> ml_collections.ConfigDict:
   missing, unknown = _differences(defaults, saved)
   for key in set(missing) & set(_ADDED_FIELDS):
     *parents, leaf = key.split(".")
-    section, default = saved, defaults
+    section = saved
     for parent in parents:
-      section, default = section[parent], default[parent]
-    section[leaf] = default[leaf]
+      section = section[parent]
+    section[leaf] = _ADDED_FIELDS[key]
     missing.remove(key)
   if missing or unknown:
     raise ValueError(

@@ -108,10 +108,12 @@ def test_saved_configs_are_checked_against_the_schema(tmp_path):
   config = json.loads(config_lib.default_config().to_json())
   path.write_text(json.dumps(config))
   assert config_lib.from_json(str(path)).to_dict() == config
-  # A run saved before data.language existed reads as English, as it was.
-  del config["data"]["language"]
+  # A run saved before data.language and layout_patch existed reads as
+  # English with one colour per grid block, as it was (the default is 4).
+  del config["data"]["language"], config["model"]["generator"]["layout_patch"]
   path.write_text(json.dumps(config))
-  assert config_lib.from_json(str(path)).data.language == "en"
+  old = config_lib.from_json(str(path))
+  assert old.data.language == "en" and old.model.generator.layout_patch == 1
   del config["model"]["generator"]["local_style"]
   config["data"]["hard_negatives"] = False
   path.write_text(json.dumps(config))
