@@ -78,6 +78,14 @@ class GanObjective:
           "loss.layout_distance must be one of "
           f"{sorted(losses.LAYOUT_DISTANCES)}, got {self.loss.layout_distance!r}"
       )
+    if self.loss.layout:
+      g, p = self.generator.grid, self.generator.layout_patch
+      if p < 1 or self.generator.resolution % (g * p):
+        raise ValueError(
+            f"model.generator.layout_patch={p}: the layout ({g} grid tokens "
+            f"x {p} = {g * p} px a side) must divide data.resolution="
+            f"{self.generator.resolution} (and layout_patch be >= 1)"
+        )
 
   # -- shared pieces -------------------------------------------------------
 

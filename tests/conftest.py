@@ -253,6 +253,8 @@ def tiny_config(arch="dallex", resolution=32):
   c.model.seed.update(emb_dim=16, hidden_dim=32)
   # Local style on the default's two up blocks, or on the one an 8 px image has.
   c.model.generator.local_style = min(2, (resolution // 4).bit_length() - 1)
+  # The default's 4 x 4 layout patches, or the 2 x 2 that fit an 8 px image.
+  c.model.generator.layout_patch = min(4, resolution // 4)
   if arch == "seed":
     c.loss.update(
         adversarial="nonsaturating",

@@ -719,7 +719,15 @@ def test_layout_loss_needs_the_layout_head_a_known_pool_and_distance():
   batch = tiny_batch(config, 2)
   g_params = init_params(objective, jax.random.key(0), batch)[0]
   out = _generate(objective, g_params, batch["ids"], batch["mask"])
-  assert out.layout.shape == (2, 4, 4, 3)
+  assert out.layout.shape == (2, 16, 16, 3)  # 4 x 4 tokens, 4 x 4 patches
+  config.model.generator.layout_patch = 3
+  with pytest.raises(
+      ValueError,
+      match=r"layout_patch=3: the layout \(4 grid tokens x 3 = 12 px a side\) "
+      r"must divide data.resolution=32",
+  ):
+    build_objective(config)
+  config.model.generator.layout_patch = 4
   for key, value in (("layout_pool", "median"), ("layout_distance", "huber")):
     bad = config.copy_and_resolve_references()
     bad.loss[key] = value
@@ -744,6 +752,9 @@ def test_each_grid_token_guesses_its_own_patch_of_the_layout():
   out = _generate(objective, g_params, batch["ids"], batch["mask"])
   np.testing.assert_array_equal(out.layout, jnp.tile(patch, (2, 4, 4, 1)))
   config.model.generator.layout_patch = 0
+  with pytest.raises(ValueError, match=r"layout_patch=0: .*be >= 1\)"):
+    build_objective(config)
+  config.loss.layout = 0.0  # the head alone checks it too
   with pytest.raises(ValueError, match="layout_patch must be >= 1, got 0"):
     init_params(build_objective(config), jax.random.key(0), batch)
 
