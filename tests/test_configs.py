@@ -220,7 +220,6 @@ def test_config_trains_three_steps_and_samples(
   side = scale * (data.resolution + 2)
   prompts = len(config.sample.prompts)
   assert grid.shape == (prompts * side + scale * 2, 2 * side + scale * 2, 3)
-  first = grid[
-      2 * scale : side, 2 * scale : side
-  ]  # the first prompt's first image
+  # The first prompt's first image.
+  first = grid[2 * scale : side, 2 * scale : side]
   assert first.shape[:2] == (scale * data.resolution,) * 2 and first.std() > 0
