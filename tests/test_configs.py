@@ -150,22 +150,15 @@ def _tiny_sizes(config):
 
 
 def _shapes_source(data_config, n=16):
-  """``n`` scenes of the shapes at the config's resolution and language, in
-  memory (what the builder writes, without building the 50,000)."""
-  from dallex.data import shapes
+  """The first ``n`` training scenes of the shapes at the config's resolution
+  and language, in memory (without building the 50,000)."""
+  from dallex.data.shapes_builder import example
   from dallex.data.sources import Source
 
-  rng = np.random.default_rng(0)
   data = []
   for i in range(n):
-    objects = shapes.sample_scene(rng, data_config.resolution)
-    language = data_config.language
-    if language == "mixed":
-      language = shapes.LANGUAGES[i % len(shapes.LANGUAGES)]
-    image = shapes.render(objects, data_config.resolution)
-    data.append(
-        {"image": image, "caption": [shapes.caption(objects, language)]}
-    )
+    x = example("train", i, data_config.resolution, data_config.language)
+    data.append({"image": x["image"], "caption": [x["caption"]]})
   return Source(data, "image", "caption")
 
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import shapes_build
 
 from dallex.data import shapes
-from dallex.data.shapes_builder import DallexShapes
+from dallex.data.shapes_builder import DallexShapes, example
 
 
 def _scenes(n, resolution=32, **kwargs):
@@ -188,7 +188,14 @@ def test_chinese_and_mixed_builds_caption_the_same_scenes(
 def test_examples_agree_with_their_objects_and_pixels(tiny_shapes):
   builder, _ = tiny_shapes
   for split in ("train", "test", "heldout"):
-    for ex in _examples(builder, split):
+    built = _examples(builder, split)
+    # The split holds example(split, i) for each i, in some order.
+    key = lambda ex: (ex["caption"], ex["image"].tobytes())
+    made = [example(split, i, 32, "en") for i in range(len(built))]
+    assert sorted(key(ex) for ex in built) == sorted(
+        (ex["caption"].encode(), ex["image"].tobytes()) for ex in made
+    )
+    for ex in built:
       objects = shapes.objects_from_features(ex["objects"], ex["num_objects"])
       assert shapes.parse_caption(ex["caption"].decode()) == objects
       rebuilt = [

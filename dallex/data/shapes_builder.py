@@ -62,6 +62,24 @@ class ShapesConfig(tfds.core.BuilderConfig):
   num_heldout: int = 1_000
 
 
+def example(split: str, index: int, resolution: int, language: str) -> dict:
+  """Example ``index`` of ``split`` as the builder writes it: ``image``
+  [R, R, 3] uint8, ``caption``, ``num_objects``, ``objects`` (features).
+  Each comes from its own generator, so any one can be made alone."""
+  rng = np.random.default_rng([_SEED, _SPLIT_IDS[split], index])
+  first_pairs = shapes.HELDOUT_PAIRS if split == "heldout" else None
+  objects = shapes.sample_scene(rng, resolution, first_pairs=first_pairs)
+  if language == "mixed":
+    # Drawn after the scene, so the scene is the one every language has.
+    language = shapes.LANGUAGES[int(rng.random() * len(shapes.LANGUAGES))]
+  return {
+      "image": shapes.render(objects, resolution),
+      "caption": shapes.caption(objects, language),
+      "num_objects": len(objects),
+      "objects": shapes.objects_to_features(objects),
+  }
+
+
 class DallexShapes(ArrayRecordBuilder):
   """Captioned scenes of coloured circles, squares and triangles on a 3x3 grid."""
 
@@ -110,19 +128,8 @@ class DallexShapes(ArrayRecordBuilder):
     }
 
   def _generate_examples(self, split: str, num: int):
-    res = self.builder_config.resolution
-    language = self.builder_config.language
-    first_pairs = shapes.HELDOUT_PAIRS if split == "heldout" else None
+    cfg = self.builder_config
     for index in range(num):
-      rng = np.random.default_rng([_SEED, _SPLIT_IDS[split], index])
-      objects = shapes.sample_scene(rng, res, first_pairs=first_pairs)
-      said = language
-      if language == "mixed":
-        # Drawn after the scene, so the scene is the one every language has.
-        said = shapes.LANGUAGES[int(rng.random() * len(shapes.LANGUAGES))]
-      yield f"{split}-{index:07d}", {
-          "image": shapes.render(objects, res),
-          "caption": shapes.caption(objects, said),
-          "num_objects": len(objects),
-          "objects": shapes.objects_to_features(objects),
-      }
+      yield f"{split}-{index:07d}", example(
+          split, index, cfg.resolution, cfg.language
+      )
