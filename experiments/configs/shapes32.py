@@ -20,6 +20,7 @@ def get_config():
   # background, the colour of the object reaching into it. The block mean
   # took two-object scenes from 0.67-0.82 to 0.22 here (RESULTS.md 27).
   c.loss.layout_pool = "max"
-  # One colour per block, as measured (a patch of 4 x 4 is untried here).
+  # One colour per block: 4 x 4 patches of them lost colour and two-object
+  # scenes here (RESULTS.md 28).
   c.model.generator.layout_patch = 1
   return c
