@@ -189,11 +189,11 @@ def test_examples_agree_with_their_objects_and_pixels(tiny_shapes):
   builder, _ = tiny_shapes
   for split in ("train", "test", "heldout"):
     built = _examples(builder, split)
-    # The split holds example(split, i) for each i, in some order.
-    key = lambda ex: (ex["caption"], ex["image"].tobytes())
+    # The split holds example(split, i) for each i, in some order; the
+    # built captions come back as bytes.
     made = [example(split, i, 32, "en") for i in range(len(built))]
-    assert sorted(key(ex) for ex in built) == sorted(
-        (ex["caption"].encode(), ex["image"].tobytes()) for ex in made
+    assert sorted((ex["caption"], ex["image"].tobytes()) for ex in built) == (
+        sorted((ex["caption"].encode(), ex["image"].tobytes()) for ex in made)
     )
     for ex in built:
       objects = shapes.objects_from_features(ex["objects"], ex["num_objects"])
