@@ -1,12 +1,14 @@
 r"""The seed article's own architecture (GRU text encoder, GRU/linear generator,
-MLP discriminator, BCE) on the same data and budget as shapes32, for comparison.
+MLP discriminator, BCE) on the same data as shapes32, for comparison.
 
     python -m experiments.train --config experiments/configs/seed_shapes32.py \
         --workdir runs/seed_shapes32
 
 Its discriminator never sees the caption, as in the article: trained for
-shapes32's 15 minutes it draws pale blobs whatever the caption says, in the
-asked-for cell at chance and almost never fully right (docs/quality.md).
+15 minutes of wall clock (`--config.train.steps=1000000
+--config.train.max_minutes=15`) it draws pale blobs whatever the caption
+says, in the asked-for cell at chance and almost never fully right
+(docs/quality.md).
 """
 
 from dallex.config import default_config
