@@ -3,11 +3,11 @@ r"""The default model on the built-in shapes at 32 px: what `make demo` trains.
     python -m experiments.train --config experiments/configs/shapes32.py --workdir runs/shapes32
     python -m experiments.evaluate --workdir runs/shapes32 --num 2000 --out runs/shapes32/eval.json
 
-Reaches, at its 7,000 steps of 16 images (27-38 minutes on a 2-core VM
-running the loop at 3.1-4.4 steps/s), on each of three training seeds:
-every attribute right for 99.7% of one-object captions (goal 90%), both
-objects right in 81-92% of two-object captions (goal 80%), 80-90% of the
-objects of held-out colour-shape pairs (goal 70%), no extra objects.
+Reaches, at its 7,000 steps of 16 images (30 minutes of the loop's clock
+on a 2-core VM running it at 3.85 steps/s), on each of three training
+seeds: every attribute right for 99.7% of one-object captions (goal 90%),
+both objects right in 80-92% of two-object captions (goal 80%), 80-90% of
+the objects of held-out colour-shape pairs (goal 70%), no extra objects.
 docs/quality.md has the tables."""
 
 from dallex.config import default_config
@@ -16,7 +16,8 @@ from dallex.config import default_config
 def get_config():
   c = default_config()
   # Two updates of 16 cost about what one of 32 does on two cores, and learn
-  # more: the goals in about half the time of 6,000 steps of 32 (RESULTS.md 29).
+  # more: every seed at the goals in 0.6 of the time of 6,000 steps of 32,
+  # which met them on the mean only (RESULTS.md 29).
   c.train.update(
       batch_size=16, steps=7000, checkpoint_every=1000, sample_every=1000
   )
