@@ -20,14 +20,20 @@ TINY_TRAIN_CONFIG = "tests/helpers/tiny_train_config.py"
 # Tests must not touch the user's ~/tensorflow_datasets.
 os.environ.setdefault("DALLEX_DATA_DIR", "/nonexistent-dallex-data-dir")
 # Tiny models spend their time compiling, not running: XLA's unoptimised CPU
-# backend compiles a train step 2x faster. Set before jax is imported; the
-# subprocesses tests start inherit it, and share one compilation cache so a
-# program compiled by one of them is not compiled again.
-# pytest-xdist workers inherit both from the controller.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-  ).strip()
+# backend compiles a tiny train step 2x faster, and with its older fusion code
+# generator a directly jitted step compiles faster again (RESULTS.md,
+# Measured). Set before jax is imported; the subprocesses tests start inherit
+# them, and share one compilation cache so a program compiled by one of them
+# is not compiled again. pytest-xdist workers inherit both from the controller.
+SUITE_XLA_FLAGS = (
+    "--xla_backend_optimization_level=0",
+    "--xla_cpu_use_fusion_emitters=false",
+)
+for _flag in SUITE_XLA_FLAGS:
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " " + _flag
+    ).strip()
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
       prefix="dallex-test-jax-cache-"
