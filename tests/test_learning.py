@@ -1,7 +1,8 @@
 """A short real training run must learn what the caption asks: the checker
 scores it far above chance, with no extra objects.
 
-About 2 minutes on 2 cores, so it runs in every `make test`.
+About 2 minutes alone on 2 cores (5-6 beside the rest of the suite), so it runs
+in every `make test`.
 """
 
 import json
