@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dallex.models import cpu_kernels
 from dallex.objective import GanObjective, init_params
 
 Batch = dict[str, jax.Array]
@@ -208,8 +209,15 @@ def train_step(
       d_opt_state=d_opt_state,
       ema_params=ema_params,
   )
-  # A non-finite step changes nothing but the step and the counters.
-  kept = jax.lax.cond(finite, lambda: proposed, lambda: state)
+  # A non-finite step changes nothing but the step and the counters. Off CPU
+  # by a select: a GPU's host reads a conditional's predicate back from the
+  # device, so it could not queue the next step while this one runs. XLA:CPU
+  # keeps the cond: the select deadlocked 4 host devices' collectives in a
+  # step loaded from the compilation cache (RESULTS.md section 30).
+  if cpu_kernels.active():
+    kept = jax.lax.cond(finite, lambda: proposed, lambda: state)
+  else:
+    kept = jax.tree.map(lambda p, s: jnp.where(finite, p, s), proposed, state)
   new_state = kept.replace(
       step=state.step + 1,
       nonfinite=jnp.where(finite, 0, state.nonfinite + 1),

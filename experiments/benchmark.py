@@ -33,6 +33,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -383,7 +384,12 @@ def _instructions(hlo: str) -> dict:
   return out
 
 
-def op_times(hlo: str, run: Callable[[], object], calls: int = 10) -> dict:
+def op_times(
+    hlo: str,
+    run: Callable[[], object],
+    calls: int = 10,
+    keep: str | None = None,
+) -> dict:
   """Where a compiled computation's time goes: a ``jax.profiler`` trace of
   ``calls`` calls of ``run()`` (which must block until its work is done), its
   events matched to the instructions of ``hlo``, the computation's text.
@@ -394,7 +400,8 @@ def op_times(hlo: str, run: Callable[[], object], calls: int = 10) -> dict:
   runs independent ones at once, so the parts can add up to more than the
   time of an untraced call). On several cores, an instruction XLA:CPU hands
   to Eigen's thread pool (the text encoder's convolutions) is timed only
-  for its dispatch: 0.05 ms for one that takes 5 ms on one core.
+  for its dispatch: 0.05 ms for one that takes 5 ms on one core. ``keep``:
+  a path to copy the raw trace (``.trace.json.gz``) to.
   """
   ops = _instructions(hlo)
   run()
@@ -409,6 +416,8 @@ def op_times(hlo: str, run: Callable[[], object], calls: int = 10) -> dict:
     )
     if not paths:
       raise RuntimeError(f"jax.profiler wrote no trace under {logdir}")
+    if keep:
+      shutil.copyfile(paths[0], keep)
     with gzip.open(paths[0]) as f:
       events = json.load(f)
   events = events["traceEvents"] if isinstance(events, dict) else events

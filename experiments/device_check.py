@@ -16,12 +16,14 @@ at these sizes; the tests run it with tiny configs). It prints one table:
   cache, at its batch: the loop's steps/s and the host's share of its time
   (``host_share`` in metrics.jsonl), beside the step alone;
 * each against its target, and where one is missed, the step's largest
-  operations from a profile (``--out`` holds both steps' profiles).
+  operations from a profile (``--out`` holds both steps' profiles, and their
+  raw traces lie beside it, for reading in Perfetto).
 """
 
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -64,10 +66,10 @@ def matmul_rates(sizes: tuple[int, ...] | None = None) -> dict:
   }
 
 
-def _step(config, top: int) -> dict:
+def _step(config, top: int, trace: str | None = None) -> dict:
   """``config``'s train step on one device as the benchmark builds it,
   compiled once: compile seconds, steps/s and a profile of its ``top``
-  largest operations."""
+  largest operations (its raw trace copied to ``trace``, if given)."""
   step, state, batch, _ = benchmark._train_setup(config, jax.devices()[:1])
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
@@ -76,23 +78,32 @@ def _step(config, top: int) -> dict:
       compiled, state, batch, FLAGS.steps, FLAGS.repeats
   )
   run, _ = benchmark._chain(compiled, state, batch)
-  profile = benchmark.op_times(compiled.as_text(), run)
+  try:
+    profile = benchmark.op_times(compiled.as_text(), run, keep=trace)
+  except Exception as e:
+    # A profiler the machine lacks (no CUPTI, say) must not lose the timings
+    # above: the table says why there is no profile.
+    profile = dict(error=f"{type(e).__name__}: {e}", top=[])
   profile["top"] = profile["top"][:top]
   return dict(compile_s=compile_s, steps_per_s=1.0 / seconds, profile=profile)
 
 
-def accel_step(config, best_matmul: float, top: int) -> dict:
+def accel_step(
+    config, best_matmul: float, top: int, trace: str | None = None
+) -> dict:
   """Compile time, steps/s, FLOPs, utilisation and profile of ``config``'s
   train step."""
-  out = _step(config, top)
-  out.update(
-      batch=config.train.batch_size, step_flops=benchmark.step_flops(config)
-  )
+  out = _step(config, top, trace)
+  out["batch"] = config.train.batch_size
+  _progress("accel step", out)
+  out["step_flops"] = benchmark.step_flops(config)
   out["mfu"] = out["step_flops"] * out["steps_per_s"] / best_matmul
   return out
 
 
-def training_loop(config, steps: int, workdir: str, top: int) -> dict:
+def training_loop(
+    config, steps: int, workdir: str, top: int, trace: str | None = None
+) -> dict:
   """``config`` trained for ``steps`` in the loop with the device cache (no
   samples, evaluations or checkpoints but the last): the median over the
   logged windows after the first (which holds compiling) of steps/s and of
@@ -108,7 +119,7 @@ def training_loop(config, steps: int, workdir: str, top: int) -> dict:
   wall = time.perf_counter() - start
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [r for r in map(json.loads, f) if "steps_per_s" in r][1:]
-  alone = _step(config, top)
+  alone = _step(config, top, trace)
   return {
       "batch": config.train.batch_size,
       "steps_per_s": statistics.median(r["steps_per_s"] for r in rows),
@@ -161,8 +172,12 @@ def check(
     workdir: str,
     top: int = 12,
     matmul_sizes: tuple[int, ...] | None = None,
+    traces: str | None = None,
 ) -> dict:
-  """Everything the table shows, as a dict (what ``--out`` writes)."""
+  """Everything the table shows, as a dict (what ``--out`` writes). With
+  ``traces``, the two steps' raw profiler traces are kept beside it as
+  ``{traces}.accel.trace.json.gz`` and ``{traces}.loop.trace.json.gz``."""
+  trace = lambda part: f"{traces}.{part}.trace.json.gz" if traces else None
   rates = matmul_rates(matmul_sizes)
   results = {
       "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}), "
@@ -170,10 +185,26 @@ def check(
       "date": time.strftime("%Y-%m-%d"),
       "matmul_flops_per_s": rates,
   }
-  results["accel"] = accel_step(accel_config, max(rates.values()), top)
-  results["loop"] = training_loop(loop_config, loop_steps, workdir, top)
+  _progress("matmul_flops_per_s", rates)
+  results["accel"] = accel_step(
+      accel_config, max(rates.values()), top, trace("accel")
+  )
+  _progress("accel", results["accel"])
+  results["loop"] = training_loop(
+      loop_config, loop_steps, workdir, top, trace("loop")
+  )
+  _progress("loop", results["loop"])
   results["targets"] = targets(results)
   return results
+
+
+def _progress(name: str, part: dict) -> None:
+  """Prints a measured part at once (to stderr, without its profile), so a
+  run that a lease's time limit cuts short still shows what it measured."""
+  shown = {k: v for k, v in part.items() if k != "profile"}
+  print(
+      f"device check, {name}: {json.dumps(shown)}", file=sys.stderr, flush=True
+  )
 
 
 def table(results: dict) -> str:
@@ -200,6 +231,9 @@ def table(results: dict) -> str:
     if name not in missed:
       continue
     p = part["profile"]
+    if "error" in p:
+      lines.append(f"  no profile of the {name}'s step: {p['error']}")
+      continue
     lines.append(
         f"  where the time goes, the {name}'s step: {p['traced_ms']:.2f} ms "
         f"per traced call; matrix products {p['matmul_ms']:.2f} ms, "
@@ -223,6 +257,7 @@ def main(argv):
         FLAGS.loop_steps,
         workdir,
         FLAGS.top_ops,
+        traces=FLAGS.out and os.path.splitext(FLAGS.out)[0],
     )
   benchmark._write(results, FLAGS.out)
   print(table(results))

@@ -25,10 +25,21 @@ os.environ.setdefault("DALLEX_DATA_DIR", "/nonexistent-dallex-data-dir")
 # Measured). Set before jax is imported; the subprocesses tests start inherit
 # them, and share one compilation cache so a program compiled by one of them
 # is not compiled again. pytest-xdist workers inherit both from the controller.
-SUITE_XLA_FLAGS = (
-    "--xla_backend_optimization_level=0",
-    "--xla_cpu_use_fusion_emitters=false",
-)
+
+
+def _xla_accepts(flag: str) -> bool:
+  """Whether this jaxlib's XLA takes ``flag``: XLA aborts on a flag it does
+  not know, and jaxlib 0.11 no longer has the older fusion emitters."""
+  env = dict(os.environ, XLA_FLAGS=flag, JAX_PLATFORMS="cpu")
+  probe = [sys.executable, "-c", "import jax; jax.devices()"]
+  return subprocess.run(probe, env=env, capture_output=True).returncode == 0
+
+
+SUITE_XLA_FLAGS = ("--xla_backend_optimization_level=0",)
+_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+# xdist workers find it already set by the controller, which probed.
+if _EMITTERS in os.environ.get("XLA_FLAGS", "") or _xla_accepts(_EMITTERS):
+  SUITE_XLA_FLAGS += (_EMITTERS,)
 for _flag in SUITE_XLA_FLAGS:
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (

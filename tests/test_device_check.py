@@ -1,6 +1,7 @@
 """The device check at tiny sizes on CPU: every section runs, the utilisation
 is the step's FLOP rate over the better matmul rate, each target's verdict
-follows from its value, and a missed target brings the step's profile.
+follows from its value, a missed target brings the step's profile, and a
+profiler that fails costs the profile, not the measurements.
 
 Run in a subprocess: experiments/device_check.py defines absl flags that other
 experiment scripts imported by the suite define too.
@@ -17,8 +18,16 @@ import json, sys
 from absl import flags
 sys.path.insert(0, "tests")
 from conftest import tiny_config
-from experiments import device_check
+from experiments import benchmark, device_check
 flags.FLAGS(["device_check", "--steps=2", "--repeats=1"])
+# The second profile (the loop's step) fails, as on a machine without one.
+profiled, op_times = [], benchmark.op_times
+def flaky_op_times(*args, **kwargs):
+  profiled.append(1)
+  if len(profiled) == 2:
+    raise RuntimeError("no profiler on this machine")
+  return op_times(*args, **kwargs)
+benchmark.op_times = flaky_op_times
 accel = tiny_config(resolution=8)
 accel.model.dtype = "bfloat16"
 accel.train.batch_size = 8
@@ -26,7 +35,8 @@ config = tiny_config(resolution=8)
 config.data.update(name="caption_folder", path=sys.argv[1], data_dir=sys.argv[2])
 config.train.batch_size = 8
 results = device_check.check(
-    accel, config, 20, sys.argv[3], top=5, matmul_sizes=(256,)
+    accel, config, 20, sys.argv[3], top=5, matmul_sizes=(256,),
+    traces=sys.argv[4],
 )
 print(device_check.table(results))
 print(json.dumps(results))
@@ -44,6 +54,7 @@ def test_the_device_check_measures_every_target_and_profiles_a_missed_one(
       str(small_folder),
       str(tmp_path / "data"),
       str(work),
+      str(tmp_path / "check"),
       check=True,
   )
   printed, last = out.stdout.strip().rsplit("\n", 1)
@@ -69,7 +80,20 @@ def test_the_device_check_measures_every_target_and_profiles_a_missed_one(
   # A tiny bfloat16 model on CPU is far from the utilisation target; its
   # step's profile says where the time went.
   assert not results["targets"][0]["met"]
-  for part in (a, lp):
-    assert 0 < len(part["profile"]["top"]) <= 5
-    assert part["profile"]["matmul_ms"] > 0
+  assert 0 < len(a["profile"]["top"]) <= 5 and a["profile"]["matmul_ms"] > 0
   assert "where the time goes, the accelerator config's step" in printed
+  assert lp["profile"] == {
+      "error": "RuntimeError: no profiler on this machine",
+      "top": [],
+  }
+  loop_missed = not all(t["met"] for t in results["targets"][2:])
+  assert (
+      "no profile of the loop's step: RuntimeError: no profiler on this machine"
+      in printed
+  ) == loop_missed
+  # The accelerator step's raw trace is kept; the failed one left none.
+  assert (tmp_path / "check.accel.trace.json.gz").stat().st_size > 0
+  assert not (tmp_path / "check.loop.trace.json.gz").exists()
+  # Each part was shown as soon as it was measured.
+  for part in ("matmul_flops_per_s", "accel step", "accel", "loop"):
+    assert f"device check, {part}: " in out.stderr

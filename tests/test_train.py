@@ -10,9 +10,12 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from jax.extend import core as jcore
 
-from conftest import run_python, tiny_batch, tiny_config
+from conftest import memory_source, run_python, tiny_batch, tiny_config
 from dallex import train
+from dallex.data import device_cache
+from dallex.models import cpu_kernels
 from dallex.objective import build_objective
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,6 +189,45 @@ def test_loop_step_donates_its_state_copies_nothing_and_compiles_once(
     jax.monitoring.unregister_event_duration_listener(listen)
   assert compiles == []
   assert int(state.step) == 4 and float(metrics["finite"]) == 1.0
+
+
+def _primitives(jaxpr: jcore.Jaxpr) -> set[str]:
+  """The primitives ``jaxpr`` runs, also inside the jaxprs it calls."""
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if isinstance(sub, jcore.ClosedJaxpr):
+          sub = sub.jaxpr
+        if isinstance(sub, jcore.Jaxpr):
+          names |= _primitives(sub)
+  return names
+
+
+def test_the_cached_step_has_no_control_flow_that_waits_for_the_device():
+  """A GPU's host reads a conditional's predicate, and a loop's condition
+  each turn, back from the device before it queues more work, so a step with
+  either cannot be queued while the one before runs (RESULTS.md section 30:
+  on an H200 the loop ran at half the speed of the step alone). Scans, whose
+  length is fixed, need no such read. Traced as GPUs and TPUs run it; on CPU
+  the non-finite guard stays a cond."""
+  state, step_fn, _, _ = _tiny_state()
+  length = tiny_config(resolution=8).model.text.max_length
+  cache = device_cache.load(memory_source(40), resolution=8, max_length=length)
+  # A new function for each trace: jax caches a trace by the function.
+  primitives = lambda: _primitives(
+      jax.make_jaxpr(
+          lambda s, c: step_fn(
+              s, device_cache.batch(c, s.step, seed=0, batch_size=4)
+          )
+      )(state, cache).jaxpr
+  )
+  with cpu_kernels.off():
+    used = primitives()
+  assert "scan" in used and "dot_general" in used  # it looked inside
+  assert not used & {"while", "cond"}
+  assert "cond" in primitives()
 
 
 def test_d_steps_updates_the_discriminator_that_often_per_generator_update(

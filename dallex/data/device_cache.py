@@ -7,13 +7,13 @@
 Which examples a step reads is a function of (seed, step) alone. Epoch ``e =
 step // (N // B)`` visits the N examples in the order of a permutation seeded
 by (seed, e): a Feistel network over the example index, evaluated for just
-the B positions the step needs, so there is no host work and no sort of N
-keys per step (docs/data.md says what that sort costs). Each example's
-caption is drawn with the key of (seed, step). So the same seed gives the
-same batches on any number of devices or hosts, and a resumed run continues
-with the next batch: its position is the step. As in the Grain pipeline, the
-``N % B`` examples an epoch's permutation puts last are not read in that
-epoch.
+the B positions the step needs, so there is no host work, no sort of N keys
+and no loop whose length depends on the data (docs/data.md says what each
+costs). Each example's caption is drawn with the key of (seed, step). So the
+same seed gives the same batches on any number of devices or hosts, and a
+resumed run continues with the next batch: its position is the step. As in
+the Grain pipeline, the ``N % B`` examples an epoch's permutation puts last
+are not read in that epoch.
 
 A caption-folder or TFDS example may have several captions: ``ids`` holds up
 to the most any example has, ``num_captions`` how many each has.
@@ -21,6 +21,7 @@ to the most any example has, ``num_captions`` how many each has.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import NamedTuple
 
@@ -129,7 +130,12 @@ def permute(key: jax.Array, positions: jax.Array, n: int) -> jax.Array:
 
   A balanced Feistel network permutes [0, 4^h) with 4^h >= n; an image at or
   past n is sent through it again until it lands in [0, n) ("cycle walking"),
-  which keeps it a permutation of [0, n).
+  which keeps it a permutation of [0, n). The walk takes a fixed number of
+  turns, not a loop until every image is in: a loop whose end depends on the
+  data makes a GPU's host wait for the device in each step. Each turn leaves
+  an image out with probability q = 1 - n / 4^h < 3/4, so the turns are as
+  many as leave one out with probability under 2^-64; such an image would be
+  folded back (x mod n).
   """
   half = max(1, ((n - 1).bit_length() + 1) // 2)
   mask = jnp.uint32((1 << half) - 1)
@@ -141,12 +147,13 @@ def permute(key: jax.Array, positions: jax.Array, n: int) -> jax.Array:
       left, right = right, left ^ (_mix(right ^ round_keys[r]) & mask)
     return (left << half) | right
 
-  def walk(x):
-    return jnp.where(x >= n, encrypt(x), x)
-
+  out = 1.0 - n / 4**half
+  turns = 0 if out == 0 else math.ceil(64 / -math.log2(out))
+  walk = lambda _, x: jnp.where(x >= n, encrypt(x), x)
+  # Eight turns to a loop iteration: one fused kernel rather than eight.
   x = encrypt(positions.astype(jnp.uint32))
-  x = jax.lax.while_loop(lambda x: jnp.any(x >= n), walk, x)
-  return x.astype(jnp.int32)
+  x = jax.lax.fori_loop(0, turns, walk, x, unroll=8)
+  return (x % n).astype(jnp.int32)
 
 
 def batch_indices(
