@@ -421,20 +421,7 @@ def op_times(
     with gzip.open(paths[0]) as f:
       events = json.load(f)
   events = events["traceEvents"] if isinstance(events, dict) else events
-  events = [e for e in events if e.get("ph") == "X"]
-  # On CPU an event is named by its instruction. A GPU kernel's event names
-  # the kernel and gives the instruction as ``hlo_op``; where there are such
-  # events, they alone are counted (not the host's launches beside them).
-  kernels = [e for e in events if (e.get("args") or {}).get("hlo_op") in ops]
-  named = (
-      [(e["args"]["hlo_op"], e) for e in kernels]
-      if kernels
-      else [(e.get("name"), e) for e in events]
-  )
-  ms = collections.Counter()
-  for name, e in named:
-    if name in ops and ops[name][0] not in _CONTAINERS:
-      ms[name] += e["dur"] / 1e3 / calls
+  ms, unmatched = attribute(events, ops, calls)
   top = [
       dict(name=n, ms=t, shape=ops[n][1], matmul=ops[n][2], op=ops[n][3])
       for n, t in ms.most_common()
@@ -444,7 +431,42 @@ def op_times(
       matmul_ms=sum(o["ms"] for o in top if o["matmul"]),
       other_ms=sum(o["ms"] for o in top if not o["matmul"]),
       top=top,
+      unmatched_ms=sum(unmatched.values()),
+      unmatched=[dict(name=n, ms=t) for n, t in unmatched.most_common(12)],
   )
+
+
+def attribute(
+    events: list[dict], ops: dict, calls: int
+) -> tuple[collections.Counter, collections.Counter]:
+  """A trace's complete events (``ph`` X) as ms per call: (by instruction of
+  ``ops``, as ``_instructions`` gives them; by event name, for events on a
+  device that name no instruction).
+
+  On CPU an event is named by its instruction. A GPU kernel's event names
+  the kernel and gives the instruction as ``hlo_op``; where there are such
+  events, only the events of their processes (the devices') count, not the
+  host's launches beside them, and a device event without a known
+  instruction (a kernel XLA launched inside a CUDA graph, say) is tallied
+  under its own name, so that no device time goes unseen. Instructions that
+  enclose others (while, call, conditional) are left out: their events
+  span their bodies'.
+  """
+  timed = [e for e in events if e.get("ph") == "X"]
+  op_of = lambda e: (e.get("args") or {}).get("hlo_op")
+  devices = {e.get("pid") for e in timed if op_of(e) in ops}
+  by_op, unmatched = collections.Counter(), collections.Counter()
+  for e in timed:
+    if devices and e.get("pid") not in devices:
+      continue
+    name = op_of(e) if devices else e.get("name")
+    ms = e["dur"] / 1e3 / calls
+    if name in ops:
+      if ops[name][0] not in _CONTAINERS:
+        by_op[name] += ms
+    elif devices:
+      unmatched[e.get("name")] += ms
+  return by_op, unmatched
 
 
 def bench_ops(config, top: int) -> dict:
@@ -906,6 +928,12 @@ def _print_ops(profiles: dict) -> None:
       print(
           f"    {o['ms']:7.2f} ms  {kind:<6} {o['shape']:<28} {o['op'][-70:]}"
       )
+    if p["unmatched"]:
+      print(
+          f"  device events naming no instruction: {p['unmatched_ms']:.1f} ms"
+      )
+      for o in p["unmatched"]:
+        print(f"    {o['ms']:7.2f} ms  {o['name'][-90:]}")
 
 
 def _print_products(profiles: dict) -> None:

@@ -52,6 +52,37 @@ def test_train_flops_count_every_scanned_block_and_utilisation_is_their_rate_ove
   assert out["train_step_flops"] > out["scanned_step_flops"] > 0
 
 
+_ATTRIBUTE_PROBE = """
+import json
+from experiments import benchmark
+ops = {
+    "fusion.1": ("fusion", "f32[8]", False, "jit(f)/add"),
+    "custom-call.2": ("custom-call", "f32[8,8]", True, "jit(f)/dot_general"),
+    "while.3": ("while", "(s32[])", False, "jit(f)/while"),
+}
+X = lambda pid, name, dur, **args: dict(ph="X", pid=pid, name=name, dur=dur, args=args)
+gpu = [
+    dict(ph="M", pid=7, name="process_name", args=dict(name="/device:GPU:0")),
+    X(1, "fusion.1", 5000),  # the host's launch, named by its instruction
+    X(7, "loop_add_fusion", 2000, hlo_op="fusion.1"),
+    X(7, "nvjet_gemm", 3000),  # launched in a CUDA graph: no instruction
+    X(7, "nvjet_gemm", 1000),
+    X(7, "while_body", 9000, hlo_op="while.3"),
+]
+cpu = [X(1, "fusion.1", 5000), X(1, "custom-call.2", 1000), X(1, "main", 8000)]
+print(json.dumps([benchmark.attribute(t, ops, calls=2) for t in (gpu, cpu)]))
+"""
+
+
+def test_profile_counts_a_gpus_kernels_by_instruction_and_shows_the_rest():
+  """A GPU trace: the device's kernels by instruction, not the host's
+  launches beside them; the device time that names no instruction listed
+  by kernel; a while loop's span left out. A CPU trace: events by name."""
+  (gpu, gpu_rest), (cpu, cpu_rest) = _probe(_ATTRIBUTE_PROBE)
+  assert gpu == {"fusion.1": 1.0} and gpu_rest == {"nvjet_gemm": 2.0}
+  assert cpu == {"fusion.1": 2.5, "custom-call.2": 0.5} and cpu_rest == {}
+
+
 _OPS_PROBE = """
 import json
 import jax, jax.numpy as jnp
