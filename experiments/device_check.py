@@ -1,6 +1,7 @@
 r"""The accelerator check: one run that prints where dallex stands on a GPU or TPU.
 
-    python -m experiments.device_check --config.model.dtype=bfloat16 [--out check.json]
+    python -m experiments.device_check --config.model.dtype=bfloat16 \
+        --config.train.batch_size=32 [--out check.json]
 
 Meant to take under 8 minutes on one accelerator (it runs on CPU too, slowly
 at these sizes; the tests run it with tiny configs). It prints one table:
@@ -11,10 +12,11 @@ at these sizes; the tests run it with tiny configs). It prints one table:
   FLOPs, counted as the benchmark counts them (XLA:CPU's cost analysis of the
   step in XLA's own forms, the same on every backend), per second, over the
   better of the two matmul rates;
-* ``--config`` (default ``shapes32``; in bfloat16 above, as its H200 numbers
-  in docs/performance.md were measured) in the training loop with the device
-  cache, at its batch: the loop's steps/s and the host's share of its time
-  (``host_share`` in metrics.jsonl), beside the step alone;
+* ``--config`` (default ``shapes32``; above in bfloat16 and at the batch of
+  32 the loop's target is set for, as docs/performance.md's H200 numbers
+  were measured) in the training loop with the device cache: the loop's
+  steps/s and the host's share of its time (``host_share`` in
+  metrics.jsonl), beside the step alone;
 * each against its target, and where one is missed, the step's largest
   operations from a profile (``--out`` holds both steps' profiles, and their
   raw traces lie beside it, for reading in Perfetto).
