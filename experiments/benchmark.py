@@ -928,12 +928,20 @@ def _print_ops(profiles: dict) -> None:
       print(
           f"    {o['ms']:7.2f} ms  {kind:<6} {o['shape']:<28} {o['op'][-70:]}"
       )
-    if p["unmatched"]:
-      print(
-          f"  device events naming no instruction: {p['unmatched_ms']:.1f} ms"
-      )
-      for o in p["unmatched"]:
-        print(f"    {o['ms']:7.2f} ms  {o['name'][-90:]}")
+    for line in unmatched_lines(p):
+      print(line)
+
+
+def unmatched_lines(profile: dict) -> list[str]:
+  """The printed lines of ``op_times``' device events that name no
+  instruction (none where there are none)."""
+  if not profile.get("unmatched"):
+    return []
+  return [
+      f"  device events naming no instruction: {profile['unmatched_ms']:.2f} ms"
+  ] + [
+      f"    {o['ms']:8.3f} ms  {o['name'][-80:]}" for o in profile["unmatched"]
+  ]
 
 
 def _print_products(profiles: dict) -> None:

@@ -246,12 +246,7 @@ def table(results: dict) -> str:
       lines.append(
           f"    {o['ms']:8.3f} ms  {kind:<6} {o['shape'][:28]:<28} {o['op'][-60:]}"
       )
-    if p.get("unmatched"):
-      lines.append(
-          f"  device events naming no instruction: {p['unmatched_ms']:.2f} ms"
-      )
-      for o in p["unmatched"]:
-        lines.append(f"    {o['ms']:8.3f} ms  {o['name'][-80:]}")
+    lines += benchmark.unmatched_lines(p)
   return "\n".join(lines)
 
 

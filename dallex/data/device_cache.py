@@ -147,8 +147,8 @@ def permute(key: jax.Array, positions: jax.Array, n: int) -> jax.Array:
       left, right = right, left ^ (_mix(right ^ round_keys[r]) & mask)
     return (left << half) | right
 
-  out = 1.0 - n / 4**half
-  turns = 0 if out == 0 else math.ceil(64 / -math.log2(out))
+  q = 1.0 - n / 4**half
+  turns = 0 if q == 0 else math.ceil(64 / -math.log2(q))
   walk = lambda _, x: jnp.where(x >= n, encrypt(x), x)
   # Eight turns to a loop iteration: one fused kernel rather than eight.
   x = encrypt(positions.astype(jnp.uint32))
