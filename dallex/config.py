@@ -112,6 +112,12 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict(
       dict(
+          # Each player's Adam state as one vector over all its parameters:
+          # one fused update rather than one per leaf (a faster compile for
+          # models of many small leaves), at the cost of concatenating every
+          # gradient each step, which models of a few large matrices do not
+          # repay (arch="seed": its step 17% slower flattened).
+          flatten=True,
           # Two time scales, D's rate 4x G's (DF-GAN); four times DF-GAN's rates (section 18).
           g=dict(
               lr=4e-4, b1=0.0, b2=0.99, eps=1e-8, warmup_steps=0, clip_norm=0.0
@@ -215,7 +221,11 @@ def _differences(
 
 # Fields added since runs were first saved, with the value that gives what
 # older versions did: a saved config without one reads as having that value.
-_ADDED_FIELDS = {"data.language": "en", "model.generator.layout_patch": 1}
+_ADDED_FIELDS = {
+    "data.language": "en",
+    "model.generator.layout_patch": 1,
+    "optim.flatten": True,
+}
 
 
 def from_json(path: str) -> ml_collections.ConfigDict:

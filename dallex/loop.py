@@ -373,7 +373,7 @@ def _train(
   lead = jax.process_index() == 0
   objective = build_objective(config)
   # A sharded state keeps its optimiser state shaped like the parameters.
-  g_tx, d_tx = train.make_optimizers(config.optim, flatten=t.fsdp == 1)
+  g_tx, d_tx = train.make_optimizers(config.optim, t.fsdp)
 
   source = sources.open_source(config.data, config.data.train_split)
   mesh = train.data_mesh(fsdp=t.fsdp)

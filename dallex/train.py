@@ -69,15 +69,18 @@ def make_optimizer(opt, flatten: bool = True) -> optax.GradientTransformation:
   tx = optax.chain(
       *parts, optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps)
   )
-  # flatten: one fused update over a single vector instead of one per leaf,
-  # which halves the train step's compile time on CPU (same arithmetic).
+  # flatten: one fused update over a single vector instead of one per leaf
+  # (same arithmetic); config.optim.flatten says when that pays.
   return optax.flatten(tx) if flatten else tx
 
 
 def make_optimizers(
-    optim, flatten: bool = True
+    optim, fsdp: int = 1
 ) -> tuple[optax.GradientTransformation, ...]:
-  """(G's, D's) optimisers from ``config.optim`` (sections ``g`` and ``d``)."""
+  """(G's, D's) optimisers from ``config.optim`` (sections ``g`` and ``d``),
+  their states flattened as ``optim.flatten`` asks, unless an ``fsdp`` axis
+  of more than one device splits them."""
+  flatten = optim.flatten and fsdp == 1
   return make_optimizer(optim.g, flatten), make_optimizer(optim.d, flatten)
 
 

@@ -108,12 +108,15 @@ def test_saved_configs_are_checked_against_the_schema(tmp_path):
   config = json.loads(config_lib.default_config().to_json())
   path.write_text(json.dumps(config))
   assert config_lib.from_json(str(path)).to_dict() == config
-  # A run saved before data.language and layout_patch existed reads as
-  # English with one colour per grid block, as it was (the default is 4).
+  # A run saved before data.language, layout_patch and optim.flatten existed
+  # reads as English with one colour per grid block and flattened optimiser
+  # states, as it was (the default layout_patch is 4).
   del config["data"]["language"], config["model"]["generator"]["layout_patch"]
+  del config["optim"]["flatten"]
   path.write_text(json.dumps(config))
   old = config_lib.from_json(str(path))
   assert old.data.language == "en" and old.model.generator.layout_patch == 1
+  assert old.optim.flatten is True
   del config["model"]["generator"]["local_style"]
   config["data"]["hard_negatives"] = False
   path.write_text(json.dumps(config))

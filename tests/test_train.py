@@ -37,13 +37,13 @@ def test_single_jit_sharded_pmap_and_fsdp_steps_agree_on_8_devices():
     ), result  # losses are O(1-10): relative 1e-5
 
 
+_ADAM = dict(lr=1e-3, b1=0.0, b2=0.99, eps=1e-8, warmup_steps=2, clip_norm=1.0)
+
+
 def _tiny_state(resolution=8):
   config = tiny_config(resolution=resolution)
   objective = build_objective(config)
-  opt = ml_collections.ConfigDict(
-      dict(lr=1e-3, b1=0.0, b2=0.99, eps=1e-8, warmup_steps=2, clip_norm=1.0)
-  )
-  tx = train.make_optimizer(opt)
+  tx = train.make_optimizer(ml_collections.ConfigDict(_ADAM))
   batch = tiny_batch(config, 4)
   make = functools.partial(train.create_train_state, objective, tx, tx)
   state = jax.jit(lambda k: make(k, batch))(jax.random.key(0))
@@ -282,6 +282,19 @@ def test_ema_decay_warms_up():
       and decays[0] < decays[1] < decays[2] < 0.999
   )
   assert decays[3] == pytest.approx(0.999)
+
+
+def test_optimiser_states_are_flattened_as_the_config_asks_unless_fsdp_splits_them():
+  params = {"a": np.ones((3, 4), np.float32), "b": np.ones((5,), np.float32)}
+  sizes = lambda tx: sorted(
+      x.size for x in jax.tree.leaves(tx.init(params)) if x.ndim
+  )
+  optim = ml_collections.ConfigDict(dict(g=_ADAM, d=_ADAM, flatten=True))
+  # Adam's two moments: one vector of all 17 parameters each, or per leaf.
+  assert sizes(train.make_optimizers(optim)[0]) == [17, 17]
+  assert sizes(train.make_optimizers(optim, fsdp=2)[1]) == [5, 5, 12, 12]
+  optim.flatten = False
+  assert sizes(train.make_optimizers(optim)[0]) == [5, 5, 12, 12]
 
 
 def test_two_processes_train_like_one(tmp_path):
