@@ -14,7 +14,8 @@ from dallex.models import TextEncoder, build_models, cpu_kernels
 from dallex.models.generator import AdaIN, UpsampleConv, inward_clip, upsample2x
 from dallex.models.layers import Conv, PointwiseConv, fused_attention
 from dallex.objective import build_objective, init_params
-from dallex.text import PAD_ID, ByteTokenizer
+from dallex.models.seed import SeedTextEncoder
+from dallex.text import PAD_ID, VOCAB_SIZE, ByteTokenizer
 
 warnings.filterwarnings("ignore", message=".*captions truncated.*")
 
@@ -191,6 +192,48 @@ def test_pointwise_conv_is_a_1x1_convolution():
       PointwiseConv(6, dtype=jnp.bfloat16).apply(params, x).dtype
       == jnp.bfloat16
   )
+
+
+class _FlaxGRUEncoder(nn.Module):
+  """The seed text encoder as it was written with Flax's own GRU."""
+
+  @nn.compact
+  def __call__(self, ids, mask):
+    x = nn.Embed(VOCAB_SIZE, 8, name="embedding")(ids)
+    lengths = mask.sum(axis=1).astype(jnp.int32)
+    return nn.RNN(nn.GRUCell(16), return_carry=True, name="gru")(
+        x, seq_lengths=lengths
+    )
+
+
+def test_seed_gru_is_flax_gru_with_its_parameters_values_and_gradients():
+  """SequenceGRU's fused products: the parameters nn.RNN(nn.GRUCell) makes
+  from the same key (so checkpoints saved with it load), and the same
+  state after each caption's last real token, states and gradients."""
+  ids, mask = ByteTokenizer(16).encode(["a red circle", "a", "blue squares"])
+  encoder, reference = SeedTextEncoder(VOCAB_SIZE, 8, 16), _FlaxGRUEncoder()
+  params = encoder.init(jax.random.key(1), ids, mask)
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      params,
+      reference.init(jax.random.key(1), ids, mask),
+  )
+  params = jax.tree.map(
+      lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params
+  )
+  ours = encoder.apply(params, ids, mask)
+  hidden, states = reference.apply(params, ids, mask)
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+  close(ours.sentence, hidden)
+  close(ours.tokens, states)
+  g = jax.random.normal(jax.random.key(3), hidden.shape)
+  grads = [
+      jax.grad(lambda p: jnp.sum(encoder.apply(p, ids, mask).sentence * g))(
+          params
+      ),
+      jax.grad(lambda p: jnp.sum(reference.apply(p, ids, mask)[0] * g))(params),
+  ]
+  jax.tree.map(close, *grads)
 
 
 @pytest.mark.parametrize("batch,cpu", [(3, True), (20, True), (20, False)])

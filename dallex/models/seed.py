@@ -28,6 +28,8 @@ article's design and the reason to compare against it.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -36,6 +38,56 @@ from dallex.models.conditioning import Conditioning
 from dallex.models.discriminator import Judgement
 from dallex.models.generator import GeneratorOutput
 from dallex.models.text_encoder import TextFeatures
+
+
+class SequenceGRU(nn.Module):
+  """``nn.RNN(nn.GRUCell(features))`` over a time-major sequence: the same
+  gates, parameters and initialisation, with each step's three input
+  products taken as one [B, E] x [E, 3H] product and its three recurrent
+  ones as one [B, H] x [H, 3H], which XLA:CPU runs 1.5x faster than three
+  of a third the width (RESULTS.md section 31)."""
+
+  features: int
+
+  @nn.compact
+  def __call__(
+      self, x: jax.Array, lengths: jax.Array
+  ) -> tuple[jax.Array, jax.Array]:
+    """x [L, B, E], lengths int [B] -> (the state after each sequence's last
+    real step [B, H], the states after every step [L, B, H])."""
+    h = self.features
+    inputs = [nn.Dense(h, name=n) for n in ("ir", "iz", "in")]
+    recurrent = functools.partial(
+        nn.Dense, h, use_bias=False, kernel_init=nn.initializers.orthogonal()
+    )
+    hidden = [
+        recurrent(name="hr"),
+        recurrent(name="hz"),
+        recurrent(name="hn", use_bias=True),
+    ]
+    h0 = jnp.zeros((x.shape[1], h), x.dtype)
+    # Called once so that init creates the parameters; the loop multiplies
+    # by them, concatenated, directly.
+    for layer in inputs:
+      layer(x[0])
+    for layer in hidden:
+      layer(h0)
+    param = lambda layers, name: [m.variables["params"][name] for m in layers]
+    w_in = jnp.concatenate(param(inputs, "kernel"), axis=1)
+    b_in = jnp.concatenate(param(inputs, "bias"))
+    w_hidden = jnp.concatenate(param(hidden, "kernel"), axis=1)
+    (b_n,) = param(hidden[2:], "bias")
+
+    def step(state, x_t):
+      g_in, g_h = x_t @ w_in + b_in, state @ w_hidden
+      r = jax.nn.sigmoid(g_in[:, :h] + g_h[:, :h])
+      z = jax.nn.sigmoid(g_in[:, h : 2 * h] + g_h[:, h : 2 * h])
+      n = jnp.tanh(g_in[:, 2 * h :] + r * (g_h[:, 2 * h :] + b_n))
+      state = (1.0 - z) * n + z * state
+      return state, state
+
+    _, states = jax.lax.scan(step, h0, x)
+    return states[lengths - 1, jnp.arange(x.shape[1])], states
 
 
 class SeedTextEncoder(nn.Module):
@@ -47,12 +99,13 @@ class SeedTextEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, ids: jax.Array, mask: jax.Array) -> TextFeatures:
-    x = nn.Embed(self.vocab_size, self.emb_dim, name="embedding")(ids)
+    # Time-major from the lookup on, so the loop reads contiguous steps.
+    x = nn.Embed(self.vocab_size, self.emb_dim, name="embedding")(ids.T)
     lengths = mask.sum(axis=1).astype(jnp.int32)
-    hidden, outputs = nn.RNN(
-        nn.GRUCell(self.hidden_dim), return_carry=True, name="gru"
-    )(x, seq_lengths=lengths)
-    return TextFeatures(outputs, mask, hidden)
+    # Named as nn.RNN(nn.GRUCell(...)) names its cell: checkpoints saved
+    # before it was written load.
+    hidden, states = SequenceGRU(self.hidden_dim, name="GRUCell_0")(x, lengths)
+    return TextFeatures(states.transpose(1, 0, 2), mask, hidden)
 
 
 class SeedGenerator(nn.Module):
