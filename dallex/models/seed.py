@@ -44,7 +44,7 @@ class SequenceGRU(nn.Module):
   """``nn.RNN(nn.GRUCell(features))`` over a time-major sequence: the same
   gates, parameters and initialisation, with each step's three input
   products taken as one [B, E] x [E, 3H] product and its three recurrent
-  ones as one [B, H] x [H, 3H], which XLA:CPU runs 1.5x faster than three
+  ones as one [B, H] x [H, 3H], which XLA:CPU runs 1.3-1.5x faster than three
   of a third the width (RESULTS.md section 31)."""
 
   features: int
