@@ -13,8 +13,8 @@ from dallex import noise
 from dallex.models import TextEncoder, build_models, cpu_kernels
 from dallex.models.generator import AdaIN, UpsampleConv, inward_clip, upsample2x
 from dallex.models.layers import Conv, PointwiseConv, fused_attention
-from dallex.objective import build_objective, init_params
 from dallex.models.seed import SeedTextEncoder
+from dallex.objective import build_objective, init_params
 from dallex.text import PAD_ID, VOCAB_SIZE, ByteTokenizer
 
 warnings.filterwarnings("ignore", message=".*captions truncated.*")

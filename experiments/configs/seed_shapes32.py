@@ -28,6 +28,8 @@ def get_config():
   # The rates its numbers were measured at (RESULTS.md section 18); the article names none.
   c.optim.g.lr, c.optim.d.lr = 1e-4, 4e-4
   # A few large matrices: concatenating their gradients into one vector each
-  # step cost more than the fused update saved (RESULTS.md section 31).
+  # step cost more than the fused update saved (RESULTS.md section 31). Runs
+  # saved before 2026-12-04 kept them flattened: resume those with
+  # --config.optim.flatten=True.
   c.optim.flatten = False
   return c
