@@ -352,6 +352,11 @@ def make_server(
           },
       )
 
-  server = http.server.ThreadingHTTPServer((host, port), Handler)
-  server.daemon_threads = True
-  return server
+  class Server(http.server.ThreadingHTTPServer):
+    # Python's default listen queue holds 5 connections: the kernel drops
+    # those of a larger burst of clients, who try again a second or more
+    # later.
+    request_queue_size = 128
+    daemon_threads = True
+
+  return Server((host, port), Handler)

@@ -6,6 +6,7 @@ import fcntl
 import http.client
 import io
 import json
+import socket
 import os
 import shutil
 import subprocess
@@ -167,6 +168,22 @@ def test_many_clients_are_all_answered_in_shared_batches(server):
     else:
       assert headers["Retry-After"] == "1" and "busy" in answer["error"]
   assert batcher.batches - before < statuses.count(200)
+
+
+def test_a_burst_of_connections_waits_in_the_listen_queue(server):
+  """64 clients connecting at once to a server that has not yet accepted
+  any: all connect at once (the kernel drops connections past a full listen
+  queue, and their clients try again only a second or more later)."""
+  httpd = serving.make_server(server[2], port=0)
+  try:
+    clients = [
+        socket.create_connection(httpd.server_address[:2], timeout=0.5)
+        for _ in range(64)
+    ]
+    for client in clients:
+      client.close()
+  finally:
+    httpd.server_close()
 
 
 def test_hostile_requests_get_4xx_and_the_server_keeps_serving(server):
