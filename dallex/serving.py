@@ -264,6 +264,13 @@ document.getElementById("form").addEventListener("submit", async (event) => {
 """
 
 
+class _Server(http.server.ThreadingHTTPServer):
+  # Python's default listen queue holds 5 connections: the kernel drops
+  # those of a larger burst of clients, who try again a second or more later.
+  request_queue_size = 128
+  daemon_threads = True
+
+
 def make_server(
     batcher: Batcher,
     host: str = "127.0.0.1",
@@ -352,11 +359,4 @@ def make_server(
           },
       )
 
-  class Server(http.server.ThreadingHTTPServer):
-    # Python's default listen queue holds 5 connections: the kernel drops
-    # those of a larger burst of clients, who try again a second or more
-    # later.
-    request_queue_size = 128
-    daemon_threads = True
-
-  return Server((host, port), Handler)
+  return _Server((host, port), Handler)

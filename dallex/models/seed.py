@@ -76,7 +76,7 @@ class SequenceGRU(nn.Module):
     w_in = jnp.concatenate(param(inputs, "kernel"), axis=1)
     b_in = jnp.concatenate(param(inputs, "bias"))
     w_hidden = jnp.concatenate(param(hidden, "kernel"), axis=1)
-    (b_n,) = param(hidden[2:], "bias")
+    b_n = hidden[2].variables["params"]["bias"]
 
     def step(state, x_t):
       g_in, g_h = x_t @ w_in + b_in, state @ w_hidden
