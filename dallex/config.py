@@ -107,6 +107,13 @@ def default_config() -> ml_collections.ConfigDict:
           contrastive_g=1.0,  # InfoNCE of generated images with their captions, trains G
           learn_temperature=True,
           kl=0.0,  # conditioning augmentation's KL (with it on: 1)
+          # G drawn again for the batch's first diversity_pairs captions with
+          # other noise, and the pairs pushed apart until their mean |difference|
+          # (images in [-1, 1]) reaches diversity_target: a caption's noise
+          # seeds otherwise draw nearly the same image (losses.diversity_shortfall).
+          diversity=0.0,
+          diversity_target=0.0,
+          diversity_pairs=4,
       )
   )
 
@@ -225,6 +232,9 @@ _ADDED_FIELDS = {
     "data.language": "en",
     "model.generator.layout_patch": 1,
     "optim.flatten": True,
+    "loss.diversity": 0.0,
+    "loss.diversity_target": 0.0,
+    "loss.diversity_pairs": 4,
 }
 
 

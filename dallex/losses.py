@@ -178,6 +178,27 @@ def layout_loss(
   )
 
 
+def diversity_shortfall(
+    images: jax.Array, partners: jax.Array, target: float
+) -> jax.Array:
+  """max(0, target - mean |images - partners|): how far two images of the same
+  captions under different noise ([K, R, R, 3] each, row k with row k) fall
+  short of differing by ``target`` on average; trains G only through its
+  gradient, which pushes the pairs apart until they differ by ``target``.
+
+  A conditional generator can ignore its noise and still fool D: D judges
+  each image on its own, and the mean image of a caption is a plausible one
+  (DSGAN, Yang et al. 2019; MSGAN, Mao et al. 2019). Measured over the whole
+  batch of pairs, not per pair, so captions whose scenes vary more (larger
+  objects) can carry more of the distance; capped at ``target``, so the term
+  asks for the data's variation and no more.
+  """
+  distance = jnp.mean(
+      jnp.abs(images.astype(jnp.float32) - partners.astype(jnp.float32))
+  )
+  return jax.nn.relu(target - distance)
+
+
 def info_nce(
     img_emb: jax.Array, txt_emb: jax.Array, logit_scale: jax.Array | float
 ) -> jax.Array:

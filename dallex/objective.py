@@ -11,6 +11,7 @@
         + layout * L1/L2(G's grid guess of the layout, real pooled to G^2 blocks)
         + contrastive_g * InfoNCE(generated images, their captions)  "encoder loss"
         + kl * KL(conditioning augmentation || N(0, I))
+        + diversity * max(0, target - mean |G(c, z) - G(c, z')|)  on K captions
 
 Each loss stops gradients into the other player's tree, so the gradient of
 the generator loss with respect to the discriminator parameters is exactly
@@ -35,6 +36,10 @@ from dallex.models import build_models
 from dallex.perceptual import FeatureNet, load_feature_net, perceptual_distance
 
 Metrics = dict[str, jax.Array]
+
+# fold_in(key, _PARTNER_STREAM): the diversity term's second noise, a stream
+# no sample index reaches (indices are below 2^31).
+_PARTNER_STREAM = 2**31 + 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +83,15 @@ class GanObjective:
           "loss.layout_distance must be one of "
           f"{sorted(losses.LAYOUT_DISTANCES)}, got {self.loss.layout_distance!r}"
       )
+    if self.loss.diversity and not (
+        self.loss.diversity_target > 0 and self.loss.diversity_pairs >= 1
+    ):
+      raise ValueError(
+          "loss.diversity > 0 needs loss.diversity_target > 0 (the mean "
+          "|difference| asked of two images of one caption) and "
+          f"loss.diversity_pairs >= 1, got {self.loss.diversity_target} and "
+          f"{self.loss.diversity_pairs}"
+      )
     if self.loss.layout:
       g, p = self.generator.grid, self.generator.layout_patch
       if p < 1 or self.generator.resolution % (g * p):
@@ -119,6 +133,31 @@ class GanObjective:
     index = batch.get("index", jnp.arange(b))
     z, eps = noise.latents(key, index, self.z_dim, self.ca_dim)
     return self.generator.apply(g_params, batch["ids"], batch["mask"], z, eps)
+
+  def generate_pass(self, g_params, batch, key):
+    """``generate``'s output for the batch and, with ``loss.diversity``, the
+    partners: [K, R, R, 3] images of the batch's first K captions
+    (``loss.diversity_pairs``) under other noise z (the same conditioning
+    noise), drawn in the same pass; else None."""
+    if not self.loss.diversity:
+      return self.generate(g_params, batch, key), None
+    b = batch["ids"].shape[0]
+    k = min(self.loss.diversity_pairs, b)
+    index = batch.get("index", jnp.arange(b))
+    z, eps = noise.latents(key, index, self.z_dim, self.ca_dim)
+    z_partner, _ = noise.latents(
+        jax.random.fold_in(key, _PARTNER_STREAM), index[:k], self.z_dim, 1
+    )
+    twice = lambda x, y: jnp.concatenate([x, y[:k]])
+    out = self.generator.apply(
+        g_params,
+        twice(batch["ids"], batch["ids"]),
+        twice(batch["mask"], batch["mask"]),
+        twice(z, z_partner),
+        twice(eps, eps),
+    )
+    partners = out.images[b:]
+    return jax.tree.map(lambda x: x[:b], out), partners
 
   def _d(self, d_params, method, *args):
     return self.discriminator.apply(d_params, *args, method=method)
@@ -221,15 +260,22 @@ class GanObjective:
       self, g_params, d_params, batch, key, axis_name: str | None = None
   ) -> tuple[jax.Array, Metrics]:
     """Scalar loss for the generator tree, and metrics (``axis_name``: as for D)."""
+    g_out, partners = self.generate_pass(g_params, batch, key)
     return self.generator_output_loss(
-        self.generate(g_params, batch, key), d_params, batch, axis_name
+        g_out, d_params, batch, axis_name, partners
     )
 
   def generator_output_loss(
-      self, g_out, d_params, batch, axis_name: str | None = None
+      self,
+      g_out,
+      d_params,
+      batch,
+      axis_name: str | None = None,
+      partners: jax.Array | None = None,
   ) -> tuple[jax.Array, Metrics]:
-    """``generator_loss`` as a function of G's output ``g_out``: the train step
-    differentiates it with respect to ``g_out`` and pulls that back through
+    """``generator_loss`` as a function of G's output ``g_out`` (and the
+    diversity term's ``partners``, as ``generate_pass`` gives them): the train
+    step differentiates it with respect to them and pulls that back through
     the one generator pass it shares with the discriminator update."""
     d_params = jax.lax.stop_gradient(d_params)
     fake = g_out.images
@@ -274,6 +320,12 @@ class GanObjective:
       kl = losses.kl_divergence(g_out.cond.mu, g_out.cond.logvar)
       total += self.loss.kl * kl
       metrics["g_kl"] = kl
+    if self.loss.diversity:
+      shortfall = losses.diversity_shortfall(
+          fake[: partners.shape[0]], partners, self.loss.diversity_target
+      )
+      total += self.loss.diversity * shortfall
+      metrics["g_diversity_shortfall"] = shortfall
     metrics["g_loss"] = total
     return total, metrics
 

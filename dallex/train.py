@@ -158,12 +158,13 @@ def train_step(
   # update's fakes, and the G update pulls its gradient back through it. (Its
   # text features, which G's loss does not read, are dropped: their mask is
   # boolean and has no gradient.)
-  g_out, g_pullback = jax.vjp(
-      lambda p: objective.generate(
-          p, batch, jax.random.fold_in(key, d_steps)
-      )._replace(text=None),
-      state.g_params,
-  )
+  def g_pass(p):
+    out, partners = objective.generate_pass(
+        p, batch, jax.random.fold_in(key, d_steps)
+    )
+    return out._replace(text=None), partners
+
+  (g_out, partners), g_pullback = jax.vjp(g_pass, state.g_params)
   d_params, d_opt_state, finite = (
       state.d_params,
       state.d_opt_state,
@@ -191,8 +192,11 @@ def train_step(
     metrics.update(d_metrics)
 
   (_, g_metrics), out_grads = jax.value_and_grad(
-      objective.generator_output_loss, has_aux=True
-  )(g_out, d_params, batch, axis_name)
+      lambda o: objective.generator_output_loss(
+          o[0], d_params, batch, axis_name, o[1]
+      ),
+      has_aux=True,
+  )((g_out, partners))
   (g_grads,) = g_pullback(out_grads)
   g_grads, g_metrics = reduce(g_grads), reduce(g_metrics)
   g_metrics["g_grad_norm"] = optax.tree.norm(g_grads)

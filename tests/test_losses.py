@@ -183,6 +183,22 @@ def _feature_net_file(path, channels=(3, 4, 6)):
   return str(path)
 
 
+def test_diversity_shortfall_pushes_pairs_apart_until_the_target_and_no_further():
+  a = jnp.zeros((2, 2, 2, 1))
+  b = a.at[0].set(0.5)  # pair 0 differs by 0.5 everywhere, pair 1 not at all
+  # The batch's mean |difference| is 0.25: short of 0.4 by 0.15.
+  assert float(losses.diversity_shortfall(a, b, 0.4)) == pytest.approx(0.15)
+  g_a, g_b = jax.grad(losses.diversity_shortfall, argnums=(0, 1))(a, b, 0.4)
+  # Descending the gradient moves every pixel of each pair away from its
+  # partner (identical pixels take the subgradient 0 of |x| at 0).
+  assert np.all(np.asarray(g_a[0]) > 0) and np.all(np.asarray(g_b[0]) < 0)
+  np.testing.assert_allclose(g_a[0], -g_b[0])
+  # At the target (or past it) the term is 0 and pushes nothing.
+  assert float(losses.diversity_shortfall(a, b, 0.25)) == 0.0
+  g_a, g_b = jax.grad(losses.diversity_shortfall, argnums=(0, 1))(a, b, 0.2)
+  assert not np.any(np.asarray(g_a)) and not np.any(np.asarray(g_b))
+
+
 def test_frozen_feature_net_loss(tmp_path):
   net = load_feature_net(_feature_net_file(tmp_path / "net.npz"))
   rng = np.random.default_rng(1)

@@ -456,6 +456,54 @@ def test_same_key_same_images_different_key_different_images():
   np.testing.assert_array_equal(t0, t1)
 
 
+def test_diversity_partners_are_the_first_captions_under_other_noise():
+  _, objective, batch, g_params, d_params = _setup(
+      diversity=1.0, diversity_target=0.5, diversity_pairs=2
+  )
+  g_params = trained_like(g_params)
+  key = jax.random.key(5)
+  out, partners = jax.jit(objective.generate_pass)(g_params, batch, key)
+  # The batch's own images are what G draws without the term.
+  plain = _generate(objective, g_params, batch["ids"], batch["mask"], key)
+  np.testing.assert_allclose(out.images, plain.images, atol=1e-4)
+  np.testing.assert_allclose(out.layout, plain.layout, atol=1e-4)
+  assert partners.shape == (2, *out.images.shape[1:])
+  # Each partner is its caption's image under another z and the same
+  # conditioning noise: G of that caption with the partner's z.
+  z, eps = noise.latents(key, jnp.arange(4), objective.z_dim, objective.ca_dim)
+  z_partner, _ = noise.latents(
+      jax.random.fold_in(key, 2**31 + 1), jnp.arange(2), objective.z_dim, 1
+  )
+  again = jax.jit(objective.generator.apply)(
+      g_params, batch["ids"][:2], batch["mask"][:2], z_partner, eps[:2]
+  ).images
+  np.testing.assert_allclose(partners, again, atol=1e-4)
+  assert float(jnp.abs(partners - out.images[:2]).mean()) > 1e-3
+  # The loss reports the shortfall and its gradient reaches the partners'
+  # pass: G's gradient differs from the one without the term.
+  loss_fn = lambda objective: jax.jit(
+      jax.value_and_grad(
+          lambda g: objective.generator_loss(g, d_params, batch, key),
+          has_aux=True,
+      )
+  )(g_params)
+  (_, metrics), grads = loss_fn(objective)
+  (_, plain_metrics), plain_grads = loss_fn(_setup()[1])
+  shortfall = max(0.0, 0.5 - float(jnp.abs(partners - out.images[:2]).mean()))
+  assert float(metrics["g_diversity_shortfall"]) == pytest.approx(
+      shortfall, rel=1e-4
+  )
+  assert float(metrics["g_loss"]) == pytest.approx(
+      float(plain_metrics["g_loss"]) + shortfall, rel=1e-4
+  )
+  assert not np.allclose(
+      grads["params"]["to_rgb"]["kernel"],
+      plain_grads["params"]["to_rgb"]["kernel"],
+  )
+  with pytest.raises(ValueError, match="loss.diversity_target > 0"):
+    _setup(diversity=1.0, diversity_target=0.0)
+
+
 def test_bfloat16_is_computed_inside_and_stays_close_to_float32():
   config, objective, batch, g_params, d_params = _setup()
   config.model.dtype = "bfloat16"

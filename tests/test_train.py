@@ -265,6 +265,42 @@ def test_ema_is_the_warmed_up_average_of_the_updated_generator(loop_step):
     ema = new
 
 
+def test_the_generator_update_is_its_loss_gradient_through_the_shared_pass():
+  """With plain SGD of rate 1 the step's G update is minus its gradient: the
+  gradient of ``generator_loss`` (diversity term included) at the D the step
+  has just updated, with the noise the step draws, though the step computes it
+  by pulling back through the pass it shared with the D update."""
+  config = tiny_config(resolution=8)
+  config.loss.update(diversity=5.0, diversity_target=1.0, diversity_pairs=2)
+  objective = build_objective(config)
+  sgd = optax.sgd(1.0)
+  batch = tiny_batch(config, 4)
+  state = jax.jit(
+      lambda k: train.create_train_state(objective, sgd, sgd, k, batch)
+  )(jax.random.key(0))
+  step = jax.jit(
+      functools.partial(
+          train.train_step, objective=objective, g_tx=sgd, d_tx=sgd, seed=3
+      )
+  )
+  new, metrics = step(state, batch)
+  # A target of 1 (images in [-1, 1]) is beyond reach: the term is active.
+  assert float(metrics["g_diversity_shortfall"]) > 0.5
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 0), 1)
+  indexed = dict(batch, index=np.arange(4))
+  want = jax.jit(
+      jax.grad(
+          lambda g: objective.generator_loss(g, new.d_params, indexed, key)[0]
+      )
+  )(state.g_params)
+  got = jax.tree.map(lambda a, b: a - b, state.g_params, new.g_params)
+  jax.tree.map(
+      functools.partial(np.testing.assert_allclose, rtol=1e-3, atol=1e-5),
+      got,
+      want,
+  )
+
+
 def test_batch_must_divide_over_devices():
   with pytest.raises(
       ValueError, match="batch_size=10 is not divisible by the 8 devices"
