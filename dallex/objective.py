@@ -137,8 +137,9 @@ class GanObjective:
   def generate_pass(self, g_params, batch, key):
     """``generate``'s output for the batch and, with ``loss.diversity``, the
     partners: [K, R, R, 3] images of the batch's first K captions
-    (``loss.diversity_pairs``) under other noise z (the same conditioning
-    noise), drawn in the same pass; else None."""
+    (``loss.diversity_pairs``; under pmap, of each device's rows) under
+    other noise z (the same conditioning noise), drawn in the same pass;
+    else None."""
     if not self.loss.diversity:
       return self.generate(g_params, batch, key), None
     b = batch["ids"].shape[0]
