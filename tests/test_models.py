@@ -470,7 +470,7 @@ def test_diversity_partners_are_the_first_captions_under_other_noise():
   assert partners.shape == (2, *out.images.shape[1:])
   # Each partner is its caption's image under another z and the same
   # conditioning noise: G of that caption with the partner's z.
-  z, eps = noise.latents(key, jnp.arange(4), objective.z_dim, objective.ca_dim)
+  _, eps = noise.latents(key, jnp.arange(4), objective.z_dim, objective.ca_dim)
   z_partner, _ = noise.latents(
       jax.random.fold_in(key, 2**31 + 1), jnp.arange(2), objective.z_dim, 1
   )
@@ -479,8 +479,9 @@ def test_diversity_partners_are_the_first_captions_under_other_noise():
   ).images
   np.testing.assert_allclose(partners, again, atol=1e-4)
   assert float(jnp.abs(partners - out.images[:2]).mean()) > 1e-3
-  # The loss reports the shortfall and its gradient reaches the partners'
-  # pass: G's gradient differs from the one without the term.
+  # The loss adds the shortfall, and G's gradient differs from the one
+  # without the term (tests/test_train.py: the step pulls it back through
+  # both halves of the pass).
   loss_fn = lambda objective: jax.jit(
       jax.value_and_grad(
           lambda g: objective.generator_loss(g, d_params, batch, key),
