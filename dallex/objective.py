@@ -129,10 +129,14 @@ class GanObjective:
   def generate(self, g_params, batch, key):
     """G's output for the batch's captions, each example's noise drawn from
     ``key`` and its index (``batch["index"]``, default its row)."""
+    _, z, eps = self._latents(batch, key)
+    return self.generator.apply(g_params, batch["ids"], batch["mask"], z, eps)
+
+  def _latents(self, batch, key):
+    """Each example's index and its noise (z [B, Z], eps [B, C]) under ``key``."""
     b = batch["ids"].shape[0]
     index = batch.get("index", jnp.arange(b))
-    z, eps = noise.latents(key, index, self.z_dim, self.ca_dim)
-    return self.generator.apply(g_params, batch["ids"], batch["mask"], z, eps)
+    return (index, *noise.latents(key, index, self.z_dim, self.ca_dim))
 
   def generate_pass(self, g_params, batch, key):
     """``generate``'s output for the batch and, with ``loss.diversity``, the
@@ -144,8 +148,7 @@ class GanObjective:
       return self.generate(g_params, batch, key), None
     b = batch["ids"].shape[0]
     k = min(self.loss.diversity_pairs, b)
-    index = batch.get("index", jnp.arange(b))
-    z, eps = noise.latents(key, index, self.z_dim, self.ca_dim)
+    index, z, eps = self._latents(batch, key)
     z_partner, _ = noise.latents(
         jax.random.fold_in(key, _PARTNER_STREAM), index[:k], self.z_dim, 1
     )
