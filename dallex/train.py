@@ -192,11 +192,8 @@ def train_step(
     metrics.update(d_metrics)
 
   (_, g_metrics), out_grads = jax.value_and_grad(
-      lambda o: objective.generator_output_loss(
-          o[0], d_params, batch, axis_name, o[1]
-      ),
-      has_aux=True,
-  )((g_out, partners))
+      objective.generator_output_loss, argnums=(0, 4), has_aux=True
+  )(g_out, d_params, batch, axis_name, partners)
   (g_grads,) = g_pullback(out_grads)
   g_grads, g_metrics = reduce(g_grads), reduce(g_metrics)
   g_metrics["g_grad_norm"] = optax.tree.norm(g_grads)
