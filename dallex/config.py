@@ -145,6 +145,8 @@ def default_config() -> ml_collections.ConfigDict:
           steps=4000,
           batch_size=32,  # global, over all devices and hosts
           d_steps=1,  # D updates per G update
+          # The EMA's decay ceiling. Its warm-up, (1 + t) / (10 + t), stays below
+          # 0.999 until step 8,990, so shorter runs never reach it (RESULTS.md 34).
           ema=0.999,
           parallel="jit",  # jit (sharded over a `data` mesh; multi-host) | pmap
           # Devices each parameter and optimiser state is split over (the mesh's
