@@ -15,13 +15,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Train the default model on the built-in shapes for its 7,000 steps (resumes
+# Train the default model on the built-in shapes for its 5,000 steps (resumes
 # if runs/shapes32 has checkpoints), then draw a grid: one row per prompt, four
-# seeds each. The 95-minute cap is a safety: 7,000 steps fit in it at a third
-# of the 3.85 steps/s of the VM the README measured; a run it stops says so.
+# seeds each. The 70-minute cap is a safety: 5,000 steps fit in it at a third
+# of the slowest VM measured (3.85 steps/s); a run it stops says so.
 demo: $(STAMP)
 	$(BIN)/python -m experiments.train --config experiments/configs/shapes32.py --workdir runs/shapes32 \
-	  --config.train.max_minutes=95
+	  --config.train.max_minutes=70
 	$(BIN)/python -m experiments.sample --workdir runs/shapes32 --num_per_prompt 4 \
 	  --prompt "a small red circle on the left" --prompt "a large blue square at the top" \
 	  --prompt "a small yellow triangle in the center" \

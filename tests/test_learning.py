@@ -42,10 +42,10 @@ def test_200_steps_of_shapes32_place_objects_far_above_chance(
   # fmt: on
   metrics = json.loads((tmp_path / "eval.json").read_text())["splits"]["test"]
   # What 200 steps learn of a caption is where each object goes, one object
-  # per object asked for. Measured on three seeds at batch 32 (2026-12-02):
-  # cell accuracy 0.84 / 0.88 / 0.88, no extra objects 0.98 on each
-  # (colour, shape and size still at chance). At shapes32's own batch 16, 200
-  # steps leave one seed too near the second bound (RESULTS.md 29). A
+  # per object asked for. Measured on three seeds at batch 32 and G's rate
+  # 8e-4 (RESULTS.md 35): cell accuracy 0.86 / 0.87 / 0.89, no extra objects
+  # 1.00 on each (colour, shape and size still at chance). At shapes32's own
+  # batch 16, 200 steps left one seed too near the second bound (RESULTS.md 29). A
   # generator that ignores the caption places objects at chance (1/9: every
   # cell is equally likely in the data), and one that draws several blobs to
   # catch the asked-for cell draws extras, so it fails the second test.
