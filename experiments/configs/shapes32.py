@@ -21,7 +21,8 @@ def get_config():
       batch_size=16, steps=5000, checkpoint_every=1000, sample_every=1000
   )
   # G at half D's rate rather than a quarter: every seed at the goals by
-  # 5,000 steps where 4e-4 needed 7,000; 1e-3 learned less (RESULTS.md 35).
+  # 5,000 steps where 4e-4 needed 7,000. G 1e-3 alone learned less; with D
+  # at 2e-3, more, but 1.5x both broke the game (RESULTS.md 35).
   c.optim.g.lr = 8e-4
   # The layout head's target is each block's brightest colour: on the black
   # background, the colour of the object reaching into it. The block mean
