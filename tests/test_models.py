@@ -463,10 +463,13 @@ def test_diversity_partners_are_the_first_captions_under_other_noise():
   g_params = trained_like(g_params)
   key = jax.random.key(5)
   out, partners = jax.jit(objective.generate_pass)(g_params, batch, key)
-  # The batch's own images are what G draws without the term.
+  # The batch's own images are what G draws without the term. Up to the
+  # rounding of other batch sizes' kernels, which depends on the CPU (1.1e-4
+  # on an AMD EPYC without AVX-512); another z moves the mean pixel 1e-3 or more.
+  tol = 5e-4
   plain = _generate(objective, g_params, batch["ids"], batch["mask"], key)
-  np.testing.assert_allclose(out.images, plain.images, atol=1e-4)
-  np.testing.assert_allclose(out.layout, plain.layout, atol=1e-4)
+  np.testing.assert_allclose(out.images, plain.images, atol=tol)
+  np.testing.assert_allclose(out.layout, plain.layout, atol=tol)
   assert partners.shape == (2, *out.images.shape[1:])
   # Each partner is its caption's image under another z and the same
   # conditioning noise: G of that caption with the partner's z.
@@ -477,7 +480,7 @@ def test_diversity_partners_are_the_first_captions_under_other_noise():
   again = jax.jit(objective.generator.apply)(
       g_params, batch["ids"][:2], batch["mask"][:2], z_partner, eps[:2]
   ).images
-  np.testing.assert_allclose(partners, again, atol=1e-4)
+  np.testing.assert_allclose(partners, again, atol=tol)
   assert float(jnp.abs(partners - out.images[:2]).mean()) > 1e-3
   # The loss adds the shortfall, and G's gradient differs from the one
   # without the term (tests/test_train.py: the step pulls it back through
