@@ -8,13 +8,12 @@ after writing the data once: pip install 'dallex[openmoji]', then
 python -m experiments.prepare_openmoji data/openmoji. 64 px:
 --config.data.resolution=64 (not yet measured).
 
-Reaches, in its 30 minutes on a 2-core VM measuring 170 GFLOP/s (4,200
-steps; seed 0): the nearest real image of a generated one
-(dallex/evaluation/realdata.py) is the one its caption names for 12% of
-the captions, among the five nearest for 34% (chance 0.12%); a classifier
-of the emoji groups fit on the real images reads 35% of the generated ones
-right (chance 11%, real images 58%). More time, more: the measures follow
-the images seen (RESULTS.md 37). docs/quality.md.
+Reaches, at the 4,200 steps that fit its 30 minutes on a 2-core VM
+measuring 170 GFLOP/s (seed 0): the nearest real image of a generated one
+(dallex/evaluation/realdata.py) is the one its caption names for 25% of
+the captions, among the five nearest for 55% (chance 0.12%); a classifier
+of the emoji groups fit on the real images reads 38% of the generated ones
+right (chance 11%, real images 58%). RESULTS.md 38, docs/quality.md.
 """
 
 from experiments.configs import folder
