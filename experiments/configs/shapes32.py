@@ -28,7 +28,7 @@ def get_config():
   # background, the colour of the object reaching into it. The block mean
   # took two-object scenes from 0.67-0.82 to 0.22 here (RESULTS.md 27).
   c.loss.layout_pool = "max"
-  # The weight every shapes result was measured at (sections 16-36); the
+  # The weight every shapes result was measured at (RESULTS.md 16-36); the
   # default's 200 was chosen on OpenMoji and is not yet measured here.
   c.loss.layout = 50.0
   # One colour per block: 4 x 4 patches of them lost colour and two-object
