@@ -91,6 +91,8 @@ def test_classifier_reads_copies_and_not_shuffled_images():
   assert copies["classifier_chance"] == pytest.approx(1 / 3)
   assert copies["classifier_real"] > 0.9
   assert copies["classifier_generated"] > 0.95
+  # Copies of the images the classifier was fit on score what the fit does.
+  assert copies["classifier_fit"] == copies["classifier_generated"]
   shuffled = realdata.label_report(
       real, labels[rng.permutation(len(labels))], real, labels
   )

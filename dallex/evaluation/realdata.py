@@ -271,9 +271,12 @@ def label_report(
 
   Returns:
     ``classifier_generated`` (its balanced accuracy on the generated images),
-    ``classifier_real`` (5-fold cross-validated on the real ones: the ceiling),
-    ``classifier_chance`` (1 / number of labels) and ``classifier_labels``
-    (the number of labels; alone when under two).
+    ``classifier_fit`` (on the real images it was fit on: what exact copies
+    of them score, when the generated images stand for those),
+    ``classifier_real`` (5-fold cross-validated on the real ones: how it
+    reads real images it was not fit on), ``classifier_chance`` (1 / number
+    of labels) and ``classifier_labels`` (the number of labels; alone when
+    under two).
   """
   real_labels, labels = np.asarray(real_labels), np.asarray(labels)
   names, counts = np.unique(real_labels[real_labels != ""], return_counts=True)
@@ -287,6 +290,9 @@ def label_report(
   return {
       "classifier_generated": classifier.balanced_accuracy(
           classifier_features(generated[keep]), labels[keep]
+      ),
+      "classifier_fit": classifier.balanced_accuracy(
+          real_x, real_labels[real_keep]
       ),
       "classifier_real": cross_validated_accuracy(
           real_x, real_labels[real_keep]
