@@ -97,6 +97,8 @@ def test_classifier_reads_copies_and_not_shuffled_images():
       real, labels[rng.permutation(len(labels))], real, labels
   )
   assert abs(shuffled["classifier_generated"] - 1 / 3) < 0.12
+  # It reads the real images alone, whatever the generated ones are.
+  assert shuffled["classifier_fit"] == copies["classifier_fit"]
 
 
 def test_classifier_leaves_out_rare_and_missing_labels():
