@@ -9,11 +9,12 @@ python -m experiments.prepare_openmoji data/openmoji. 64 px:
 --config.data.resolution=64 (not yet measured).
 
 Reaches, at the 4,200 steps that fit its 30 minutes on a 2-core VM
-measuring 170 GFLOP/s (seed 0): the nearest real image of a generated one
-(dallex/evaluation/realdata.py) is the one its caption names for 25% of
-the captions, among the five nearest for 55% (chance 0.12%); a classifier
-of the emoji groups fit on the real images reads 38% of the generated ones
-right (chance 11%, real images 58%). RESULTS.md 38, docs/quality.md.
+measuring 170-181 GFLOP/s (seeds 0, 1, 2): the nearest real image of a
+generated one (dallex/evaluation/realdata.py) is the one its caption names
+for 23-25% of the captions, among the five nearest for 54-55% (chance
+0.12%); a classifier of the emoji groups fit on the real images reads
+34-39% of the generated ones right (chance 11%; the real images it was fit
+on 96%, real images it was not 58%). RESULTS.md 38-39, docs/quality.md.
 """
 
 from experiments.configs import folder
