@@ -209,7 +209,8 @@ class _FlaxGRUEncoder(nn.Module):
 def test_seed_gru_is_flax_gru_with_its_parameters_values_and_gradients():
   """SequenceGRU's fused products: the parameters nn.RNN(nn.GRUCell) makes
   from the same key (so checkpoints saved with it load), and the same
-  state after each caption's last real token, states and gradients."""
+  state after each caption's last real token, states, and gradients (its
+  own backward pass) through both."""
   ids, mask = ByteTokenizer(16).encode(["a red circle", "a", "blue squares"])
   encoder, reference = SeedTextEncoder(VOCAB_SIZE, 8, 16), _FlaxGRUEncoder()
   params = encoder.init(jax.random.key(1), ids, mask)
@@ -226,14 +227,21 @@ def test_seed_gru_is_flax_gru_with_its_parameters_values_and_gradients():
   close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
   close(ours.sentence, hidden)
   close(ours.tokens, states)
-  g = jax.random.normal(jax.random.key(3), hidden.shape)
-  grads = [
-      jax.grad(lambda p: jnp.sum(encoder.apply(p, ids, mask).sentence * g))(
-          params
-      ),
-      jax.grad(lambda p: jnp.sum(reference.apply(p, ids, mask)[0] * g))(params),
-  ]
-  jax.tree.map(close, *grads)
+  # Gradients through the last states and through every state, as the
+  # hand-written backward pass takes them.
+  g, g_all = (
+      jax.random.normal(jax.random.key(k), a.shape)
+      for k, a in ((3, hidden), (4, states))
+  )
+  ours_loss = lambda p: jnp.sum(
+      jnp.tanh(encoder.apply(p, ids, mask).sentence) * g
+  ) + jnp.sum(encoder.apply(p, ids, mask).tokens * g_all)
+  reference_loss = lambda p: jnp.sum(
+      jnp.tanh(reference.apply(p, ids, mask)[0]) * g
+  ) + jnp.sum(reference.apply(p, ids, mask)[1] * g_all)
+  jax.tree.map(
+      close, jax.grad(ours_loss)(params), jax.grad(reference_loss)(params)
+  )
 
 
 @pytest.mark.parametrize("batch,cpu", [(3, True), (20, True), (20, False)])

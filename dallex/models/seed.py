@@ -40,6 +40,86 @@ from dallex.models.generator import GeneratorOutput
 from dallex.models.text_encoder import TextFeatures
 
 
+def _gru_scan(x, w_in, b_in, w_hidden, b_n, keep_gates: bool):
+  """The GRU's loop from a zero state: its states [L, B, H], and with
+  ``keep_gates`` also its r, z, n and recurrent n product, each [L, B, H]."""
+  h = w_hidden.shape[0]
+
+  def step(state, x_t):
+    g_in, g_h = x_t @ w_in + b_in, state @ w_hidden
+    r = jax.nn.sigmoid(g_in[:, :h] + g_h[:, :h])
+    z = jax.nn.sigmoid(g_in[:, h : 2 * h] + g_h[:, h : 2 * h])
+    hn = g_h[:, 2 * h :] + b_n
+    n = jnp.tanh(g_in[:, 2 * h :] + r * hn)
+    state = (1.0 - z) * n + z * state
+    return state, (state, r, z, n, hn) if keep_gates else state
+
+  h0 = jnp.zeros((x.shape[1], h), jnp.result_type(x, w_hidden))
+  return jax.lax.scan(step, h0, x)[1]
+
+
+@jax.custom_vjp
+def gru_states(
+    x: jax.Array,
+    w_in: jax.Array,
+    b_in: jax.Array,
+    w_hidden: jax.Array,
+    b_n: jax.Array,
+) -> jax.Array:
+  """A GRU from a zero state over x [L, B, E] -> its states [L, B, H].
+
+  ``w_in`` [E, 3H] and ``b_in`` [3H] are the r, z, n input products side by
+  side, ``w_hidden`` [H, 3H] the recurrent ones, ``b_n`` [H] the recurrent n
+  bias (inside r's product, as in ``nn.GRUCell``). Its gradient is written
+  out because autodiff's loop adds each step's weight gradients, two small
+  products and two sums per step; here the loop carries only the state's
+  gradient, and the weight gradients are one product each over all L x B
+  rows after it, as cuDNN's GRU does.
+  """
+  return _gru_scan(x, w_in, b_in, w_hidden, b_n, keep_gates=False)
+
+
+def _gru_forward(x, w_in, b_in, w_hidden, b_n):
+  states, r, z, n, hn = _gru_scan(x, w_in, b_in, w_hidden, b_n, True)
+  return states, (x, w_in, b_in, w_hidden, b_n, states, r, z, n, hn)
+
+
+def _gru_backward(residuals, d_states):
+  x, w_in, b_in, w_hidden, b_n, states, r, z, n, hn = residuals
+  h = w_hidden.shape[0]
+  previous = jnp.concatenate([jnp.zeros_like(states[:1]), states[:-1]])
+
+  def step(d_state, t):
+    d_out, prev, r, z, n, hn = t
+    d_state = d_state + d_out
+    # Gradients of the pre-activations of r, z and n.
+    d_n = d_state * (1.0 - z) * (1.0 - n * n)
+    d_z = d_state * (prev - n) * z * (1.0 - z)
+    d_r = d_n * hn * r * (1.0 - r)
+    d_hidden_product = jnp.concatenate([d_r, d_z, d_n * r], axis=1)
+    d_prev = d_state * z + d_hidden_product @ w_hidden.T
+    return d_prev, jnp.concatenate([d_r, d_z, d_n], axis=1)
+
+  _, d_in = jax.lax.scan(
+      step,
+      jnp.zeros_like(states[0]),
+      (d_states, previous, r, z, n, hn),
+      reverse=True,
+  )  # [L, B, 3H]: the gradient of the input products
+  d_hidden = jnp.concatenate([d_in[..., : 2 * h], d_in[..., 2 * h :] * r], -1)
+  cast = lambda g, like: g.astype(like.dtype)
+  return (
+      cast(d_in @ w_in.T, x),
+      cast(jnp.einsum("lbe,lbg->eg", x, d_in), w_in),
+      cast(d_in.sum((0, 1)), b_in),
+      cast(jnp.einsum("lbh,lbg->hg", previous, d_hidden), w_hidden),
+      cast(d_hidden[..., 2 * h :].sum((0, 1)), b_n),
+  )
+
+
+gru_states.defvjp(_gru_forward, _gru_backward)
+
+
 class SequenceGRU(nn.Module):
   """``nn.RNN(nn.GRUCell(features))`` over a time-major sequence: the same
   gates, parameters and initialisation, with each step's three input
@@ -78,15 +158,7 @@ class SequenceGRU(nn.Module):
     w_hidden = jnp.concatenate(param(hidden, "kernel"), axis=1)
     b_n = hidden[2].variables["params"]["bias"]
 
-    def step(state, x_t):
-      g_in, g_h = x_t @ w_in + b_in, state @ w_hidden
-      r = jax.nn.sigmoid(g_in[:, :h] + g_h[:, :h])
-      z = jax.nn.sigmoid(g_in[:, h : 2 * h] + g_h[:, h : 2 * h])
-      n = jnp.tanh(g_in[:, 2 * h :] + r * (g_h[:, 2 * h :] + b_n))
-      state = (1.0 - z) * n + z * state
-      return state, state
-
-    _, states = jax.lax.scan(step, h0, x)
+    states = gru_states(x, w_in, b_in, w_hidden, b_n)
     return states[lengths - 1, jnp.arange(x.shape[1])], states
 
 
