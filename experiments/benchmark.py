@@ -48,6 +48,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dallex import hugepages
 from dallex import noise, train
 from dallex.data import pipeline, sources
 from dallex.models import build_models, compute_dtype, cpu_kernels
@@ -1075,4 +1076,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hugepages.relaunch()
   app.run(main)

@@ -33,6 +33,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dallex import hugepages
 from dallex import loop
 from dallex.models import compute_dtype
 from experiments import benchmark
@@ -269,4 +270,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hugepages.relaunch()
   app.run(main)

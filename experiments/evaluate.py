@@ -22,6 +22,7 @@ import os
 
 from absl import app, flags, logging
 
+from dallex import hugepages
 from dallex.evaluation import suite
 from dallex.sampling import load
 
@@ -183,4 +184,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hugepages.relaunch()
   app.run(main)

@@ -18,6 +18,7 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dallex import hugepages
 from dallex.evaluation import suite
 from dallex.sampling import load
 from experiments import binding_probes as binding
@@ -105,4 +106,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hugepages.relaunch()
   app.run(main)

@@ -8,6 +8,7 @@
 import numpy as np
 from absl import app, flags, logging
 
+from dallex import hugepages
 from dallex import visualize
 from dallex.sampling import load
 
@@ -83,4 +84,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hugepages.relaunch()
   app.run(main)

@@ -6,6 +6,8 @@ curl -s localhost:8000/api/generate -d '{"prompt": "a small red circle on the le
 
 from absl import app, flags, logging
 
+from dallex import hugepages
+
 flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
 flags.DEFINE_string(
     "host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface)."
@@ -55,4 +57,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hugepages.relaunch()
   app.run(main)

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from dallex import hugepages
 from dallex.text import VOCAB_SIZE
 from experiments import benchmark
 from experiments.configs import seed_shapes32
@@ -202,4 +203,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hugepages.relaunch()
   app.run(main)

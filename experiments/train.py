@@ -15,6 +15,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dallex import hugepages
+
 flags.DEFINE_string(
     "workdir",
     None,
@@ -76,5 +78,6 @@ def _without_tracebacks(record) -> bool:
 
 
 if __name__ == "__main__":
+  hugepages.relaunch()
   flags.mark_flags_as_required(["config"])
   app.run(main)
