@@ -13,8 +13,12 @@ generated images, then one generator update through the same generated
 images. dallex runs its own train step (``dallex.train.train_step``) with the
 terms the article lacks switched off. Prints images/s of each and the ratio
 dallex / PyTorch. PyTorch is an optional extra, never a dallex dependency.
+Like every entry point here it first relaunches with glibc's huge-page
+tunable (``dallex/hugepages.py``), so both sides run with it; the header says
+which tunables were set.
 """
 
+import os
 import statistics
 import time
 
@@ -172,7 +176,8 @@ def main(argv):
       f"the seed article's model, batch {FLAGS.batch}, {FLAGS.length} tokens, "
       f"widths {FLAGS.emb}/{FLAGS.hidden}, {FLAGS.resolution} px; "
       f"{time.strftime('%Y-%m-%d %H:%M')}; {jax.devices()[0].device_kind}, "
-      f"float32 matmul {matmul / 1e9:.0f} GFLOP/s"
+      f"float32 matmul {matmul / 1e9:.0f} GFLOP/s; GLIBC_TUNABLES "
+      f"{os.environ.get('GLIBC_TUNABLES') or 'unset'} (both sides)"
   )
   ours = dallex_steps(config, batch, FLAGS.steps)
   try:
