@@ -30,8 +30,11 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collects no test; that is a failure of the suite, not a pass.
 # Much of the suite is single-threaded XLA compilation, so one worker per core.
+# Its training runs in the pytest processes themselves, so they get the
+# huge-page tunable that the entry points relaunch with (dallex/hugepages.py).
 test: lint
-	$(BIN)/python -m pytest -q --numprocesses=auto --maxprocesses=4 --durations=20
+	GLIBC_TUNABLES=$${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1} \
+	  $(BIN)/python -m pytest -q --numprocesses=auto --maxprocesses=4 --durations=20
 
 # The code as pyink formats it, and no ruff finding (pyproject.toml has both configs).
 lint: $(STAMP)
