@@ -48,8 +48,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dallex import hugepages
-from dallex import noise, train
+from dallex import hugepages, noise, train
 from dallex.data import pipeline, sources
 from dallex.models import build_models, compute_dtype, cpu_kernels
 from dallex.objective import build_objective, init_params

@@ -33,8 +33,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dallex import hugepages
-from dallex import loop
+from dallex import hugepages, loop
 from dallex.models import compute_dtype
 from experiments import benchmark
 

@@ -8,8 +8,7 @@
 import numpy as np
 from absl import app, flags, logging
 
-from dallex import hugepages
-from dallex import visualize
+from dallex import hugepages, visualize
 from dallex.sampling import load
 
 flags.DEFINE_string("workdir", None, "A training workdir.", required=True)

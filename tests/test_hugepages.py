@@ -16,7 +16,9 @@ MADVISE = "always [madvise] never\n"
 
 def test_wanted_only_where_it_turns_huge_pages_on():
   assert hugepages.wanted({}, MADVISE, (2, 36))
-  assert hugepages.wanted({"GLIBC_TUNABLES": "glibc.rtld.x=1"}, MADVISE, (2, 35))
+  assert hugepages.wanted(
+      {"GLIBC_TUNABLES": "glibc.rtld.x=1"}, MADVISE, (2, 35)
+  )
   # The kernel already gives them, or never does.
   assert not hugepages.wanted({}, "[always] madvise never\n", (2, 36))
   assert not hugepages.wanted({}, "always madvise [never]\n", (2, 36))
@@ -80,7 +82,13 @@ def test_relaunch_runs_the_same_command_once_with_the_tunable():
   pid = lines[1]
   assert lines[2] == "-"
   assert lines[3:6] == ["start", pid, "glibc.malloc.hugetlb=1"]
-  assert lines[6:] == ["main", pid, "glibc.malloc.hugetlb=1", "--flag=x", "last"]
+  assert lines[6:] == [
+      "main",
+      pid,
+      "glibc.malloc.hugetlb=1",
+      "--flag=x",
+      "last",
+  ]
 
 
 @needs_madvise
