@@ -33,6 +33,16 @@ def _glibc_version() -> tuple[int, int] | None:
   return (int(major), int(minor)) if name == "glibc" else None
 
 
+def read_thp_mode() -> str | None:
+  """The kernel's transparent huge page mode line (``always [madvise]
+  never``), or None where it has none."""
+  try:
+    with open(THP_MODE) as f:
+      return f.read()
+  except OSError:
+    return None
+
+
 def wanted(
     environ: Mapping[str, str],
     thp_mode: str | None,
@@ -55,12 +65,7 @@ def relaunch() -> None:
   """Re-executes this command with ``glibc.malloc.hugetlb=1`` where that
   turns huge pages on; returns where it would not (or when the relaunched
   process calls it)."""
-  try:
-    with open(THP_MODE) as f:
-      thp_mode = f.read()
-  except OSError:
-    thp_mode = None
-  if not wanted(os.environ, thp_mode, _glibc_version()):
+  if not wanted(os.environ, read_thp_mode(), _glibc_version()):
     return
   tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t]
   os.environ["GLIBC_TUNABLES"] = ":".join(tunables + [f"{TUNABLE}=1"])

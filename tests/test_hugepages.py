@@ -32,17 +32,11 @@ def test_wanted_only_where_it_turns_huge_pages_on():
     assert not hugepages.wanted(env, MADVISE, (2, 36))
 
 
-def _applies_here() -> bool:
-  try:
-    with open(hugepages.THP_MODE) as f:
-      mode = f.read()
-  except OSError:
-    return False
-  return hugepages.wanted({}, mode, hugepages._glibc_version())
-
-
 needs_madvise = pytest.mark.skipif(
-    not _applies_here(), reason="huge pages are not given on request here"
+    not hugepages.wanted(
+        {}, hugepages.read_thp_mode(), hugepages._glibc_version()
+    ),
+    reason="huge pages are not given on request here",
 )
 
 
