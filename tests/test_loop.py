@@ -14,9 +14,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from dallex import loop
 from dallex.checkpoint import Checkpointer
 
 from conftest import ROOT
+from conftest import tiny_config
 from conftest import train_cli as _train
 from conftest import train_cmd as _train_cmd
 
@@ -444,3 +446,16 @@ def test_keep_zero_keeps_every_checkpoint_and_negative_is_refused(tmp_path):
       ValueError, match=r"keep \(train.keep_checkpoints\) must be >= 0"
   ):
     Checkpointer(str(tmp_path / "bad"), keep=-1)
+
+
+def test_an_fsdp_axis_that_does_not_divide_the_devices_is_refused(tmp_path):
+  """Refused before the run touches its workdir."""
+  n = jax.device_count()
+  config = tiny_config()
+  config.train.fsdp = n + 1
+  with pytest.raises(
+      ValueError,
+      match=f"train.fsdp={n + 1} must be a positive divisor of the {n} devices",
+  ):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
