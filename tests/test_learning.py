@@ -43,7 +43,7 @@ def test_200_steps_of_shapes32_place_objects_far_above_chance(
   metrics = json.loads((tmp_path / "eval.json").read_text())["splits"]["test"]
   # What 200 steps learn of a caption is where each object goes, one object
   # per object asked for. Measured at shapes32's own batch 16 on three seeds
-  # (RESULTS.md 43): cell accuracy 0.86 / 0.88 / 0.82, no extra objects
+  # (RESULTS.md 44): cell accuracy 0.86 / 0.88 / 0.82, no extra objects
   # 0.990 / 0.993 / 0.997 (colour, shape and size still at chance). A
   # generator that ignores the caption places objects at chance (1/9: every
   # cell is equally likely in the data), and one that draws several blobs to
