@@ -185,24 +185,27 @@ def one_shard_dataset(source, **kwargs):
   return pipeline.make_dataset(source, **kwargs)
 
 
-def train_cmd(workdir, data_dir, *overrides):
-  """`python -m experiments.train` with the tiny config on the data in ``data_dir``."""
+def train_cmd(workdir, data_dir, *overrides, arch="dallex"):
+  """`python -m experiments.train` with the tiny config of ``arch`` on the data
+  in ``data_dir``."""
   return [
       sys.executable,
       "-m",
       "experiments.train",
-      f"--config={TINY_TRAIN_CONFIG}",
+      f"--config={TINY_TRAIN_CONFIG}:{arch}",
       f"--workdir={workdir}",
       f"--config.data.data_dir={data_dir}",
       *overrides,
   ]
 
 
-def train_cli(workdir, data_dir, *overrides, check=True, devices=None):
+def train_cli(
+    workdir, data_dir, *overrides, check=True, devices=None, arch="dallex"
+):
   """Runs ``train_cmd`` to the end (on ``devices`` host devices, if given);
   asserts success unless ``check`` is False."""
   return run_python(
-      *train_cmd(workdir, data_dir, *overrides)[1:],
+      *train_cmd(workdir, data_dir, *overrides, arch=arch)[1:],
       check=check,
       devices=devices,
   )

@@ -2,6 +2,11 @@
 
     python -m experiments.train --config tests/helpers/tiny_train_config.py --workdir W \\
         --config.data.data_dir=DIR
+
+`--config tests/helpers/tiny_train_config.py:seed` gives the article's model
+at the same sizes: the tests of the loop's mechanics (signals, time limits,
+a full disk), where the model is not what is tested, train it because it
+traces and compiles several times faster.
 """
 
 import sys
@@ -11,8 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import tiny_config  # noqa: E402
 
 
-def get_config():
-  c = tiny_config(resolution=32)
+def get_config(arch: str = "dallex"):
+  c = tiny_config(arch, resolution=32)
   c.data.num_threads = 1
   # The loop tests train on the full 50,000-example shapes, which take 20 s to
   # load into the device cache; test_device_cache trains from the cache.
