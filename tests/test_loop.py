@@ -3,7 +3,6 @@
 import functools
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -358,24 +357,29 @@ def test_damaged_checkpoint_is_skipped_for_the_previous_one(tmp_path):
 
 
 def test_a_config_that_fits_no_checkpoint_is_refused_and_changes_nothing(
-    tmp_path, data_dir, tiny_run
+    tmp_path, data_dir
 ):
   workdir = tmp_path / "run"
-  shutil.copytree(tiny_run[0], workdir)
+  _seed_train(workdir, data_dir)  # 4 steps: checkpoints and grids at 2 and 4
   saved = (workdir / "config.json").read_text()
   before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
-  out = _train(workdir, data_dir, "--config.train.steps=8",
-               "--config.model.generator.width=64", check=False)  # fmt: skip
+  wider = "--config.model.seed.hidden_dim=64"
+  out = _seed_train(workdir, data_dir, "--config.train.steps=8", wider,
+                    check=False)  # fmt: skip
   _fails(
-      out, "no checkpoint could be restored", "checkpoints/6: ", "--start_over"
+      out,
+      "no checkpoint could be restored",
+      "checkpoints/4: ",
+      "checkpoints/2: ",
+      "--start_over",
   )
   assert (workdir / "config.json").read_text() == saved
   assert (
       sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == before
   )
   # Asked for, the earlier run is moved aside whole and a new one starts.
-  out = _train(workdir, data_dir, "--config.train.steps=1", "--start_over",
-               "--config.model.generator.width=64")  # fmt: skip
+  out = _seed_train(workdir, data_dir, "--config.train.steps=1", "--start_over",
+                    wider)  # fmt: skip
   (aside,) = [p for p in workdir.iterdir() if p.name.startswith("replaced_")]
   assert f"moved to {aside}" in out.stdout
   assert (aside / "config.json").read_text() == saved
