@@ -61,7 +61,8 @@ def test_binding_probes_count_the_objects_of_two_object_captions():
   rng = np.random.default_rng(0)
   scenes = [shapes.sample_scene(rng, 32) for _ in range(48)]
   captions = [shapes.caption(s) for s in scenes]
-  result = binding.binding_probes(_sampler(96), captions, batch_size=16)
+  sampler = _sampler(96)
+  result = binding.binding_probes(sampler, captions, batch_size=16)
   assert result["num_objects"] == 2 * sum(len(s) == 2 for s in scenes)
   assert all(
       0.0 <= result[f"{n}_{w}_colour"] <= 1.0
@@ -81,7 +82,7 @@ def test_binding_probes_count_the_objects_of_two_object_captions():
   ):
     binding.binding_probes(_sampler(48), captions, batch_size=16)
   with pytest.raises(ValueError, match="at least 8 two-object captions"):
-    binding.binding_probes(_sampler(96), captions[:2])
+    binding.binding_probes(sampler, captions[:2])
 
 
 def test_grid_labels_name_the_colour_under_each_token():
