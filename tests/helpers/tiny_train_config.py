@@ -5,8 +5,9 @@
 
 `--config tests/helpers/tiny_train_config.py:seed` gives the article's model
 at the same sizes: the tests of the loop's mechanics (signals, time limits,
-a full disk), where the model is not what is tested, train it because it
-traces and compiles several times faster.
+a full disk, a refused config, the device cache's resumption), where the
+model is not what is tested, train it because it traces and compiles
+several times faster.
 """
 
 import sys
