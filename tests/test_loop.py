@@ -94,9 +94,10 @@ def _train_rows(workdir):
 
 
 # The tests of the loop's mechanics (signals, time limits, bad steps, a full
-# disk, a refused config) train the article's model: at these sizes it traces and compiles in a
-# fraction of the time, and nothing they test depends on the model. The
-# dallex model's runs are the tiny_run fixture's and their resumption.
+# disk, a refused config) train the article's model: at these sizes it
+# traces and compiles in a fraction of the time, and nothing they test
+# depends on the model. The dallex model's runs are the tiny_run fixture's
+# and their resumption.
 _seed_train = functools.partial(_train, arch="seed")
 _seed_train_cmd = functools.partial(_train_cmd, arch="seed")
 
