@@ -452,28 +452,40 @@ def _train(
         )
   start = int(state.step)
 
-  step_fn = train.configured_step(config, objective, g_tx, d_tx)
+  # One program per penalty weight of the cycle (two with a lazy penalty,
+  # each compiled on its first call), the step's own picked by its number.
+  weights = train.penalty_weights(config)
+  step_fns = {
+      w: train.configured_step(config, objective, g_tx, d_tx, w)
+      for w in set(weights)
+  }
   if t.parallel == "pmap":
-    compiled = train.pmap_step(step_fn)
+    compiled = {w: train.pmap_step(f) for w, f in step_fns.items()}
     local = jax.local_device_count()
     state = train.replicate_for_pmap(jax.device_get(state), local)
     unreplicate = lambda s: jax.tree.map(lambda x: x[0], s)
-    run_step = lambda s: compiled(
+    run_step = lambda s, w: compiled[w](
         s, train.shard_for_pmap(next(data_iter), local)
     )
   elif cached is None:
-    compiled = train.jit_sharded_step(step_fn, mesh, state_sharding)
+    compiled = {
+        w: train.jit_sharded_step(f, mesh, state_sharding)
+        for w, f in step_fns.items()
+    }
     unreplicate = lambda s: s
-    run_step = lambda s: compiled(
+    run_step = lambda s, w: compiled[w](
         s, _global_batch(next(data_iter), batch_sharding)
     )
   else:
     gather = functools.partial(
         device_cache.batch, seed=config.seed, batch_size=t.batch_size
     )
-    compiled = train.jit_cached_step(step_fn, mesh, gather, state_sharding)
+    compiled = {
+        w: train.jit_cached_step(f, mesh, gather, state_sharding)
+        for w, f in step_fns.items()
+    }
     unreplicate = lambda s: s
-    run_step = lambda s: compiled(s, cached)
+    run_step = lambda s, w: compiled[w](s, cached)
 
   try:
     writer = _Writer(workdir, lead)
@@ -567,7 +579,8 @@ def _train(
   try:
     with _StopSignal() as stop:
       for step in range(start + 1, t.steps + 1):
-        state, metrics = run_step(state)
+        # The state's step counter is step - 1 here.
+        state, metrics = run_step(state, weights[(step - 1) % len(weights)])
         if previous is not None:
           entered_wait = time.perf_counter()
           streak = check_finite(*previous, streak)
