@@ -93,10 +93,6 @@ def default_config() -> ml_collections.ConfigDict:
           r1_gamma=1.0,  # term: gamma / 2 * R1
           magp_weight=2.0,  # term: k * MA-GP^p
           magp_power=6.0,
-          # The penalty on every k-th D update only, weighted k (StyleGAN2's
-          # lazy regularisation): the updates between skip its second pass
-          # through D, and log its metric as 0.
-          penalty_every=1,
           mismatch=True,  # D: real image + wrong caption also scored as fake (DF-GAN)
           feature_matching=1.0,
           feature_net_path="",  # optional frozen perceptual network (.npz)
@@ -243,7 +239,6 @@ _ADDED_FIELDS = {
     "loss.diversity": 0.0,
     "loss.diversity_target": 0.0,
     "loss.diversity_pairs": 4,
-    "loss.penalty_every": 1,
 }
 
 

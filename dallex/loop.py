@@ -452,40 +452,28 @@ def _train(
         )
   start = int(state.step)
 
-  # One program per penalty weight of the cycle (two with a lazy penalty,
-  # each compiled on its first call), the step's own picked by its number.
-  weights = train.penalty_weights(config)
-  step_fns = {
-      w: train.configured_step(config, objective, g_tx, d_tx, w)
-      for w in set(weights)
-  }
+  step_fn = train.configured_step(config, objective, g_tx, d_tx)
   if t.parallel == "pmap":
-    compiled = {w: train.pmap_step(f) for w, f in step_fns.items()}
+    compiled = train.pmap_step(step_fn)
     local = jax.local_device_count()
     state = train.replicate_for_pmap(jax.device_get(state), local)
     unreplicate = lambda s: jax.tree.map(lambda x: x[0], s)
-    run_step = lambda s, w: compiled[w](
+    run_step = lambda s: compiled(
         s, train.shard_for_pmap(next(data_iter), local)
     )
   elif cached is None:
-    compiled = {
-        w: train.jit_sharded_step(f, mesh, state_sharding)
-        for w, f in step_fns.items()
-    }
+    compiled = train.jit_sharded_step(step_fn, mesh, state_sharding)
     unreplicate = lambda s: s
-    run_step = lambda s, w: compiled[w](
+    run_step = lambda s: compiled(
         s, _global_batch(next(data_iter), batch_sharding)
     )
   else:
     gather = functools.partial(
         device_cache.batch, seed=config.seed, batch_size=t.batch_size
     )
-    compiled = {
-        w: train.jit_cached_step(f, mesh, gather, state_sharding)
-        for w, f in step_fns.items()
-    }
+    compiled = train.jit_cached_step(step_fn, mesh, gather, state_sharding)
     unreplicate = lambda s: s
-    run_step = lambda s, w: compiled[w](s, cached)
+    run_step = lambda s: compiled(s, cached)
 
   try:
     writer = _Writer(workdir, lead)
@@ -579,8 +567,7 @@ def _train(
   try:
     with _StopSignal() as stop:
       for step in range(start + 1, t.steps + 1):
-        # The state's step counter is step - 1 here.
-        state, metrics = run_step(state, weights[(step - 1) % len(weights)])
+        state, metrics = run_step(state)
         if previous is not None:
           entered_wait = time.perf_counter()
           streak = check_finite(*previous, streak)

@@ -64,11 +64,6 @@ class GanObjective:
           "loss.gradient_penalty must be 'r1', 'magp' or 'none', got "
           f"{self.loss.gradient_penalty!r}"
       )
-    every = self.loss.penalty_every
-    if every < 1:
-      raise ValueError(
-          f"loss.penalty_every must be an integer >= 1, got {every!r}"
-      )
     if self.loss.feature_net_weight and self.feature_net is None:
       raise ValueError(
           "loss.feature_net_weight > 0 needs loss.feature_net_path"
@@ -198,7 +193,6 @@ class GanObjective:
       key,
       axis_name: str | None = None,
       fake: jax.Array | None = None,
-      penalty_weight: float = 1.0,
   ) -> tuple[jax.Array, Metrics]:
     """Scalar loss for the discriminator tree, and metrics.
 
@@ -207,8 +201,6 @@ class GanObjective:
     gradients equals the single-device gradient on the same global batch.
     ``fake``: the generated images [B, R, R, 3] to judge, when the caller
     already has them (the train step); by default G draws them with ``key``.
-    ``penalty_weight`` multiplies the gradient penalty's term, 0 leaving it
-    out (a Python number: lazy regularisation, ``loss.penalty_every``).
     """
     if fake is None:
       fake = self.generate(jax.lax.stop_gradient(g_params), batch, key).images
@@ -241,21 +233,6 @@ class GanObjective:
         "d_fake_logit": jnp.mean(j_fake.logit),
     }
 
-    if penalty_weight:
-      term, penalty_metrics = self._penalty(d_params, real, text)
-      total += penalty_weight * term
-      metrics.update(penalty_metrics)
-    if self.loss.contrastive_d:
-      nce = self._info_nce(j_real, self._logit_scale(j_real), axis_name)
-      total += self.loss.contrastive_d * nce
-      metrics["d_contrastive"] = nce
-    metrics["d_loss"] = total
-    return total, metrics
-
-  def _penalty(self, d_params, real, text) -> tuple[jax.Array, Metrics]:
-    """The gradient penalty's weighted term on real pairs, and its metric
-    (none: 0 and no metric)."""
-
     def logit_fn(x, e):
       """Logits of images x with the captions' float features e = (tokens, sentence)."""
       pair_text = text._replace(tokens=e[0], sentence=e[1])
@@ -266,13 +243,20 @@ class GanObjective:
     text_floats = (text.tokens, text.sentence)
     if self.loss.gradient_penalty == "r1":
       r1 = losses.r1_penalty(lambda x: logit_fn(x, text_floats), real)
-      return 0.5 * self.loss.r1_gamma * r1, {"d_r1": r1}
-    if self.loss.gradient_penalty == "magp":
+      total += 0.5 * self.loss.r1_gamma * r1
+      metrics["d_r1"] = r1
+    elif self.loss.gradient_penalty == "magp":
       magp = losses.matching_aware_gp(
           logit_fn, real, text_floats, self.loss.magp_power
       )
-      return self.loss.magp_weight * magp, {"d_magp": magp}
-    return jnp.zeros((), jnp.float32), {}
+      total += self.loss.magp_weight * magp
+      metrics["d_magp"] = magp
+    if self.loss.contrastive_d:
+      nce = self._info_nce(j_real, self._logit_scale(j_real), axis_name)
+      total += self.loss.contrastive_d * nce
+      metrics["d_contrastive"] = nce
+    metrics["d_loss"] = total
+    return total, metrics
 
   # -- the generator -------------------------------------------------------
 

@@ -127,7 +127,6 @@ def train_step(
     seed: int,
     d_steps: int = 1,
     ema: float = 0.999,
-    penalty_weight: float = 1.0,
     axis_name: str | None = None,
 ) -> tuple[TrainState, Metrics]:
   """One step of the game: ``d_steps`` discriminator updates, one generator update, EMA.
@@ -140,8 +139,6 @@ def train_step(
     seed: the run seed.
     d_steps: discriminator updates per generator update (same batch, new noise).
     ema: the EMA decay ceiling.
-    penalty_weight: the gradient penalty's weight in D's updates, 0 leaving
-      it out (``penalty_weights``).
     axis_name: the pmap axis, or None (single device or jit-sharded).
 
   Returns:
@@ -186,7 +183,6 @@ def train_step(
         jax.random.fold_in(key, i),
         axis_name,
         fake,
-        penalty_weight,
     )
     d_grads, d_metrics = reduce(d_grads), reduce(d_metrics)
     d_metrics["d_grad_norm"] = optax.tree.norm(d_grads)
@@ -236,23 +232,9 @@ def train_step(
   return new_state, metrics
 
 
-def penalty_weights(config) -> tuple[float, ...]:
-  """The gradient penalty's weight in the steps of one cycle, step ``s``
-  (from 0) taking entry ``s % len``: ``(1.0,)`` for a penalty on every step;
-  with ``loss.penalty_every=k > 1``, ``(k, 0, ..., 0)`` (StyleGAN2's lazy
-  regularisation: the penalty on every k-th step, weighted k)."""
-  every = config.loss.penalty_every
-  if every == 1 or config.loss.gradient_penalty == "none":
-    return (1.0,)
-  return (float(every),) + (0.0,) * (every - 1)
-
-
-def configured_step(
-    config, objective: GanObjective, g_tx, d_tx, penalty_weight: float = 1.0
-) -> Callable:
+def configured_step(config, objective: GanObjective, g_tx, d_tx) -> Callable:
   """``train_step`` with the config's seed, D updates per step and EMA decay
-  bound, and ``penalty_weight`` (one of ``penalty_weights(config)``):
-  ``(state, batch[, axis_name]) -> (state, metrics)``, to compile."""
+  bound: ``(state, batch[, axis_name]) -> (state, metrics)``, to compile."""
   return functools.partial(
       train_step,
       objective=objective,
@@ -261,7 +243,6 @@ def configured_step(
       seed=config.seed,
       d_steps=config.train.d_steps,
       ema=config.train.ema,
-      penalty_weight=penalty_weight,
   )
 
 

@@ -136,11 +136,11 @@ def _cpu_counting():
     yield
 
 
-def step_flops(config, penalty_weight: float = 1.0) -> float:
+def step_flops(config) -> float:
   """The train step's FLOPs, counted the same way on every backend."""
   with _cpu_counting():
     step, state, batch, _ = _train_setup(
-        _unrolled(config), jax.devices("cpu")[:1], penalty_weight=penalty_weight
+        _unrolled(config), jax.devices("cpu")[:1]
     )
     return _flops(step.lower(state, batch).compile())
 
@@ -177,10 +177,10 @@ def matmul_flops_per_s(
   return best
 
 
-def _train_setup(config, devices=None, batch=None, penalty_weight=1.0):
+def _train_setup(config, devices=None, batch=None):
   """(compiled step, state, device batch, batch size) as the training loop
-  builds them, the step with ``penalty_weight`` (``train.penalty_weights``);
-  ``batch`` (host arrays) or one caption repeated over random images."""
+  builds them; ``batch`` (host arrays) or one caption repeated over random
+  images."""
   objective = build_objective(config)
   g_tx, d_tx = train.make_optimizers(config.optim)
   mesh = train.data_mesh(devices)
@@ -205,7 +205,7 @@ def _train_setup(config, devices=None, batch=None, penalty_weight=1.0):
       lambda k: train.create_train_state(objective, g_tx, d_tx, k, batch),
       out_shardings=replicated,
   )(jax.random.key(0))
-  step_fn = train.configured_step(config, objective, g_tx, d_tx, penalty_weight)
+  step_fn = train.configured_step(config, objective, g_tx, d_tx)
   return (
       train.jit_sharded_step(step_fn, mesh),
       state,
@@ -238,23 +238,13 @@ def _time_steps(
 
 
 def bench_train(config, matmul: float) -> dict:
-  """Steps/s, images/s, FLOPs per step and utilisation of the train step; memory.
-
-  With a lazy penalty (``loss.penalty_every``) the loop runs two programs;
-  each is timed and counted alone, and the step is their mean over one cycle
-  (its memory and compile time: the penalty's program, the larger)."""
-  weights = train.penalty_weights(config)
-  timed = {}
-  for w in sorted(set(weights), reverse=True):
-    step, state, batch, b = _train_setup(config, jax.devices()[:1], None, w)
-    start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
-    seconds, _ = _time_steps(compiled, state, batch, FLAGS.steps, FLAGS.repeats)
-    timed[w] = (seconds, step_flops(config, w), compiled, compile_s)
-  seconds = sum(timed[w][0] for w in weights) / len(weights)
-  flops = sum(timed[w][1] for w in weights) / len(weights)
-  _, _, compiled, compile_s = timed[max(weights)]
+  """Steps/s, images/s, FLOPs per step and utilisation of the train step; memory."""
+  step, state, batch, b = _train_setup(config, jax.devices()[:1])
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  flops = step_flops(config)
+  seconds, _ = _time_steps(compiled, state, batch, FLAGS.steps, FLAGS.repeats)
   memory = compiled.memory_analysis()
   out = dict(
       train_steps_per_s=1.0 / seconds,

@@ -234,16 +234,14 @@ def small_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(full_shapes_r32, tmp_path_factory):
   """A finished 6-step CLI run of the tiny config on the real 32-px shapes, with
-  samples and evals (8 test captions) at steps 3 and 6, and R1 on steps 1
-  and 4 (a lazy penalty, two programs): (workdir, stdout). Tests must not
-  change it (copy it first)."""
+  samples and evals (8 test captions) at steps 3 and 6: (workdir, stdout).
+  Tests must not change it (copy it first)."""
 
   def build(path):
     out = train_cli(
         path / "run",
         str(full_shapes_r32.data_dir_root),
         "--config.train.steps=6",
-        "--config.loss.penalty_every=3",
         "--config.train.sample_every=3",
         "--config.evals.every=3",
         "--config.evals.num=8",

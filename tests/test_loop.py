@@ -109,8 +109,7 @@ def test_train_cli_writes_everything_and_resumes_exactly(
     tmp_path, data_dir, tiny_run
 ):
   """One straight run of 6 steps, checked for every output; then the same run
-  resumed from its checkpoint at step 2 must end bit-identical to it (each
-  step running the program of its number: R1 on steps 1 and 4 only)."""
+  resumed from its checkpoint at step 2 must end bit-identical to it."""
   straight, stdout = tiny_run
   resumed = tmp_path / "resumed"
   assert "dallex: step 6/6" in stdout
@@ -125,7 +124,6 @@ def test_train_cli_writes_everything_and_resumes_exactly(
       np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in rows
   )
   assert all(0.0 <= r["host_share"] <= 1.0 for r in rows)
-  assert [r["step"] for r in rows if "d_r1" in r] == [1, 4]
   evals = [r for r in _metrics(straight) if "d_loss" not in r]
   assert [r["step"] for r in evals] == [3, 6]
   for r in evals:
@@ -164,7 +162,6 @@ def test_train_cli_writes_everything_and_resumes_exactly(
       resumed,
       data_dir,
       "--config.train.steps=6",
-      "--config.loss.penalty_every=3",
       "--config.train.sample_every=0",
   )
   assert f"resuming from {resumed}/checkpoints/2" in out.stdout

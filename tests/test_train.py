@@ -309,20 +309,6 @@ def test_batch_must_divide_over_devices():
   train.check_batch_size(16, 8)
 
 
-def test_a_lazy_penalty_cycles_its_weight_over_k_steps():
-  config = tiny_config()
-  assert train.penalty_weights(config) == (1.0,)
-  config.loss.penalty_every = 3
-  assert train.penalty_weights(config) == (3.0, 0.0, 0.0)
-  config.loss.gradient_penalty = "none"
-  assert train.penalty_weights(config) == (1.0,)
-  for bad in (0, -2):
-    config = tiny_config()
-    config.loss.penalty_every = bad
-    with pytest.raises(ValueError, match="loss.penalty_every"):
-      build_objective(config)
-
-
 def test_ema_decay_warms_up():
   decays = [
       float(train.ema_decay(np.int32(t), 0.999)) for t in (0, 10, 100, 100000)
