@@ -53,7 +53,7 @@ def test_200_steps_of_shapes32_place_objects_far_above_chance(
   # object per object asked for, and the machine moves it. A generator that
   # ignores the caption places objects at chance (1/9: every cell is equally
   # likely in the data); one that draws k >= 2 blobs to catch the asked-for
-  # cell draws extras in nearly every image (and reaches k/9 only at k >= 3),
-  # so it fails the second test.
+  # cell draws extras in nearly every image (and its k/9 passes the first
+  # test only from k = 4), so it fails the second test.
   assert metrics["cell_accuracy"] > 3 * CHANCE_CELL, metrics
   assert metrics["no_extra_rate"] > 0.3, metrics
