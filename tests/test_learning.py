@@ -1,5 +1,5 @@
 """A short real training run must learn what the caption asks: the checker
-scores it far above chance, with no extra objects.
+places its objects far above chance, most images without extra objects.
 
 About 1.5 minutes alone on 2 cores (2 beside the rest of the suite), so it
 runs in every `make test`.
