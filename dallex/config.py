@@ -72,8 +72,6 @@ def default_config() -> ml_collections.ConfigDict:
               layout_head=True,  # the grid tokens guess the coarse image (loss.layout; 16)
               layout_patch=4,  # each guesses a P x P patch of it: [G*P, G*P] (27)
               grid_style=False,  # w added to the grid tokens, AdaLN in its Transformer (16)
-              warp=0.0,  # px s.d. of a noise-driven smooth displacement (49)
-              warp_nodes=3,  # its node grid's side
           ),
           discriminator=dict(
               base_channels=16,
@@ -241,8 +239,6 @@ _ADDED_FIELDS = {
     "loss.diversity": 0.0,
     "loss.diversity_target": 0.0,
     "loss.diversity_pairs": 4,
-    "model.generator.warp": 0.0,
-    "model.generator.warp_nodes": 3,
 }
 
 

@@ -26,7 +26,6 @@ from dallex.models.conditioning import Conditioning, ConditioningAugmentation
 from dallex.models import cpu_kernels
 from dallex.models.layers import Conv, Dtype, Norm, PointwiseConv, TransformerStack, conv
 from dallex.models.text_encoder import TextEncoder, TextFeatures
-from dallex.models.warp import displacement_field, warp as warp_features
 
 
 class GeneratorOutput(NamedTuple):
@@ -220,12 +219,6 @@ class Generator(nn.Module):
       grid tokens shared by all of them outgrew the part that differs from
       token to token over 5,000-fold in trained shapes32 runs, so the grid barely
       told one cell from another (RESULTS.md section 16).
-    warp: the s.d., in output pixels, of a smooth random displacement of the
-      last up block's input (``dallex.models.warp``) at warp_nodes^2 nodes,
-      made from the last 2 warp_nodes^2 channels of z (the mapping reads the
-      others): objects in different parts of the image move apart; 0 off.
-    warp_nodes: the side of the displacement's node grid (1: one shift for
-      the whole image).
   """
 
   text_encoder: TextEncoder
@@ -246,8 +239,6 @@ class Generator(nn.Module):
   layout_head: bool
   layout_patch: int
   grid_style: bool
-  warp: float
-  warp_nodes: int
   scan: bool
   remat: bool
   dtype: Dtype
@@ -268,17 +259,6 @@ class Generator(nn.Module):
       raise ValueError(
           f"z has {z.shape[-1]} channels, expected z_dim={self.z_dim}"
       )
-    batch = ids.shape[0]
-    nodes = None
-    if self.warp:
-      n = self.warp_nodes
-      if n < 1 or self.z_dim <= 2 * n * n:
-        raise ValueError(
-            f"model.generator.warp needs warp_nodes >= 1 and z_dim > 2 * "
-            f"warp_nodes^2 (the warp's own noise), got warp_nodes={n}, "
-            f"z_dim={self.z_dim}"
-        )
-      z, nodes = z[:, : -2 * n * n], z[:, -2 * n * n :].reshape(batch, n, n, 2)
     text = self.text_encoder(ids, mask)
     cond = ConditioningAugmentation(
         self.ca_dim, self.conditioning_augmentation, name="conditioning"
@@ -287,6 +267,7 @@ class Generator(nn.Module):
     for i in range(self.mapping_depth):
       w = nn.leaky_relu(nn.Dense(self.style_dim, name=f"mapping_{i}")(w), 0.2)
 
+    batch = ids.shape[0]
     # Without grid_style the positions start at unit scale: nothing shared by
     # all tokens drowns them (see the attribute's docstring).
     grid = self.param(
@@ -333,12 +314,6 @@ class Generator(nn.Module):
       )
     for i, channels in enumerate(stages):
       local = grid_tokens if i < self.local_style else None
-      if nodes is not None and i == len(stages) - 1:
-        side = x.shape[1]
-        field = displacement_field(nodes, side) * (
-            self.warp * side / self.resolution
-        )
-        x = warp_features(x, jax.lax.stop_gradient(field))
       x = UpBlock(channels, self.dtype, name=f"up_{i}")(x, w, local)
     rgb = PointwiseConv(3, dtype=jnp.float32, name="to_rgb")(x)
     return GeneratorOutput(inward_clip(rgb), text, cond, layout)
