@@ -116,9 +116,6 @@ def default_config() -> ml_collections.ConfigDict:
           diversity=0.0,
           diversity_target=0.0,
           diversity_pairs=4,
-          # Every image D judges first moved and blanked at random, e.g.
-          # "translation,cutout" (dallex.augment, DiffAugment); "" off.
-          augment="",
       )
   )
 
@@ -242,7 +239,6 @@ _ADDED_FIELDS = {
     "loss.diversity": 0.0,
     "loss.diversity_target": 0.0,
     "loss.diversity_pairs": 4,
-    "loss.augment": "",
 }
 
 

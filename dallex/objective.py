@@ -13,9 +13,6 @@
         + kl * KL(conditioning augmentation || N(0, I))
         + diversity * max(0, target - mean |G(c, z) - G(c, z')|)  on K captions
 
-With ``loss.augment`` every image D judges, in either loss, is first moved
-and blanked at random (``dallex.augment``, DiffAugment).
-
 Each loss stops gradients into the other player's tree, so the gradient of
 the generator loss with respect to the discriminator parameters is exactly
 zero and vice versa: one tree's update can never move the other.
@@ -34,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dallex import augment, losses, noise
+from dallex import losses, noise
 from dallex.models import build_models
 from dallex.perceptual import FeatureNet, load_feature_net, perceptual_distance
 
@@ -43,8 +40,6 @@ Metrics = dict[str, jax.Array]
 # fold_in(key, _PARTNER_STREAM): the diversity term's second noise, a stream
 # no sample index reaches (indices are below 2^31).
 _PARTNER_STREAM = 2**31 + 1
-# fold_in(key, _AUGMENT_STREAM): the draws of loss.augment's operations.
-_AUGMENT_STREAM = 2**31 + 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +54,6 @@ class GanObjective:
   feature_net: FeatureNet | None = None
 
   def __post_init__(self):
-    augment.parse_policy(self.loss.augment)
     if self.loss.adversarial not in losses.ADVERSARIAL:
       raise ValueError(
           f"loss.adversarial must be one of {sorted(losses.ADVERSARIAL)}, "
@@ -189,18 +183,6 @@ class GanObjective:
       return judgement.logit_scale
     return jax.lax.stop_gradient(judgement.logit_scale)
 
-  def _augmented(self, images, key):
-    """[images...] as D sees them: each through ``loss.augment`` with its own
-    draws from ``key`` (unchanged when the policy is empty)."""
-    if not self.loss.augment:
-      return list(images)
-    keys = jax.random.split(
-        jax.random.fold_in(key, _AUGMENT_STREAM), len(images)
-    )
-    return [
-        augment.augment(x, k, self.loss.augment) for x, k in zip(images, keys)
-    ]
-
   # -- the discriminator ---------------------------------------------------
 
   def discriminator_loss(
@@ -223,7 +205,7 @@ class GanObjective:
     if fake is None:
       fake = self.generate(jax.lax.stop_gradient(g_params), batch, key).images
     fake = jax.lax.stop_gradient(fake)
-    real, fake = self._augmented([batch["image"], fake], key)
+    real = batch["image"]
     text = self._text(d_params, batch)
     b = real.shape[0]
     # One pass over real and generated images together.
@@ -284,7 +266,7 @@ class GanObjective:
     """Scalar loss for the generator tree, and metrics (``axis_name``: as for D)."""
     g_out, partners = self.generate_pass(g_params, batch, key)
     return self.generator_output_loss(
-        g_out, d_params, batch, axis_name, partners, key
+        g_out, d_params, batch, axis_name, partners
     )
 
   def generator_output_loss(
@@ -294,27 +276,22 @@ class GanObjective:
       batch,
       axis_name: str | None = None,
       partners: jax.Array | None = None,
-      key: jax.Array | None = None,
   ) -> tuple[jax.Array, Metrics]:
     """``generator_loss`` as a function of G's output ``g_out`` (and the
     diversity term's ``partners``, as ``generate_pass`` gives them): the train
     step differentiates it with respect to them and pulls that back through
-    the one generator pass it shares with the discriminator update. ``key``:
-    the pass's key, which ``loss.augment`` draws from (needed only then)."""
-    if self.loss.augment and key is None:
-      raise ValueError("loss.augment needs the generator loss's key")
+    the one generator pass it shares with the discriminator update."""
     d_params = jax.lax.stop_gradient(d_params)
     fake = g_out.images
     text = self._text(d_params, batch)
-    seen_fake, seen_real = self._augmented([fake, batch["image"]], key)
-    h_fake, f_fake = self._d(d_params, "features", seen_fake)
+    h_fake, f_fake = self._d(d_params, "features", fake)
     j_fake = self._d(d_params, "heads", h_fake, text)
     _, g_fn = losses.ADVERSARIAL[self.loss.adversarial]
     adversarial = g_fn(j_fake.logit)
     total = adversarial
     metrics = {"g_adversarial": adversarial}
     if self.loss.feature_matching:
-      _, f_real = self._d(d_params, "features", seen_real)
+      _, f_real = self._d(d_params, "features", batch["image"])
       if axis_name is not None:
         # Feature matching compares batch statistics: take them over the global batch.
         f_real = [

@@ -158,10 +158,10 @@ def train_step(
   # update's fakes, and the G update pulls its gradient back through it. (Its
   # text features, which G's loss does not read, are dropped: their mask is
   # boolean and has no gradient.)
-  g_key = jax.random.fold_in(key, d_steps)
-
   def g_pass(p):
-    out, partners = objective.generate_pass(p, batch, g_key)
+    out, partners = objective.generate_pass(
+        p, batch, jax.random.fold_in(key, d_steps)
+    )
     return out._replace(text=None), partners
 
   (g_out, partners), g_pullback = jax.vjp(g_pass, state.g_params)
@@ -193,7 +193,7 @@ def train_step(
 
   (_, g_metrics), out_grads = jax.value_and_grad(
       objective.generator_output_loss, argnums=(0, 4), has_aux=True
-  )(g_out, d_params, batch, axis_name, partners, g_key)
+  )(g_out, d_params, batch, axis_name, partners)
   (g_grads,) = g_pullback(out_grads)
   g_grads, g_metrics = reduce(g_grads), reduce(g_metrics)
   g_metrics["g_grad_norm"] = optax.tree.norm(g_grads)

@@ -267,13 +267,11 @@ def test_ema_is_the_warmed_up_average_of_the_updated_generator(loop_step):
 
 def test_the_generator_update_is_its_loss_gradient_through_the_shared_pass():
   """With plain SGD of rate 1 the step's G update is minus its gradient: the
-  gradient of ``generator_loss`` (diversity term and D's augmentation
-  included) at the D the step has just updated, with the noise the step
-  draws, though the step computes it by pulling back through the pass it
-  shared with the D update."""
+  gradient of ``generator_loss`` (diversity term included) at the D the step
+  has just updated, with the noise the step draws, though the step computes it
+  by pulling back through the pass it shared with the D update."""
   config = tiny_config(resolution=8)
   config.loss.update(diversity=5.0, diversity_target=1.0, diversity_pairs=2)
-  config.loss.augment = "translation,cutout"
   objective = build_objective(config)
   sgd = optax.sgd(1.0)
   batch = tiny_batch(config, 4)
