@@ -116,6 +116,11 @@ def default_config() -> ml_collections.ConfigDict:
           diversity=0.0,
           diversity_target=0.0,
           diversity_pairs=4,
+          # G's images of the batch's first reconstruction_rows (a fraction)
+          # pulled toward their captions' real images: mean |G(c, z) - x|
+          # (images in [-1, 1]) with this weight.
+          reconstruction=0.0,
+          reconstruction_rows=0.5,
       )
   )
 
@@ -239,6 +244,8 @@ _ADDED_FIELDS = {
     "loss.diversity": 0.0,
     "loss.diversity_target": 0.0,
     "loss.diversity_pairs": 4,
+    "loss.reconstruction": 0.0,
+    "loss.reconstruction_rows": 0.5,
 }
 
 

@@ -199,6 +199,16 @@ def diversity_shortfall(
   return jax.nn.relu(target - distance)
 
 
+def reconstruction(generated: jax.Array, real: jax.Array) -> jax.Array:
+  """mean |generated - real| over images [K, R, R, 3] of the same captions:
+  a direct, paired signal of what each caption's picture holds, where D's
+  judgement reaches G only through D's own learning. L1, whose minimiser
+  is the median: sharper than L2's mean where the scenes vary."""
+  return jnp.mean(
+      jnp.abs(generated.astype(jnp.float32) - real.astype(jnp.float32))
+  )
+
+
 def info_nce(
     img_emb: jax.Array, txt_emb: jax.Array, logit_scale: jax.Array | float
 ) -> jax.Array:

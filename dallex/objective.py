@@ -11,6 +11,7 @@
         + layout * L1/L2(G's grid guess of the layout, real pooled to G^2 blocks)
         + contrastive_g * InfoNCE(generated images, their captions)  "encoder loss"
         + kl * KL(conditioning augmentation || N(0, I))
+        + reconstruction * mean |G(c, z) - x|  on the first rows (x: c's real image)
         + diversity * max(0, target - mean |G(c, z) - G(c, z')|)  on K captions
 
 Each loss stops gradients into the other player's tree, so the gradient of
@@ -91,6 +92,12 @@ class GanObjective:
           "|difference| asked of two images of one caption) and "
           f"loss.diversity_pairs >= 1, got {self.loss.diversity_target} and "
           f"{self.loss.diversity_pairs}"
+      )
+    if not 0.0 < self.loss.reconstruction_rows <= 1.0:
+      raise ValueError(
+          "loss.reconstruction_rows is the fraction of each batch pulled "
+          f"toward its real images, in (0, 1]; got "
+          f"{self.loss.reconstruction_rows}"
       )
     if self.loss.layout:
       g, p = self.generator.grid, self.generator.layout_patch
@@ -320,6 +327,12 @@ class GanObjective:
       nce = self._info_nce(j_fake, j_fake.logit_scale, axis_name)
       total += self.loss.contrastive_g * nce
       metrics["g_contrastive"] = nce
+    if self.loss.reconstruction:
+      # Under pmap each device's first rows: the same fraction of the batch.
+      rows = max(1, round(self.loss.reconstruction_rows * fake.shape[0]))
+      rec = losses.reconstruction(fake[:rows], batch["image"][:rows])
+      total += self.loss.reconstruction * rec
+      metrics["g_reconstruction"] = rec
     if self.loss.kl:
       kl = losses.kl_divergence(g_out.cond.mu, g_out.cond.logvar)
       total += self.loss.kl * kl

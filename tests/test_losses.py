@@ -230,3 +230,13 @@ def test_feature_net_file_errors(tmp_path):
   np.savez(tmp_path / "empty.npz", mean=np.zeros(3))
   with pytest.raises(ValueError, match="no conv0/kernel"):
     load_feature_net(str(tmp_path / "empty.npz"))
+
+
+def test_reconstruction_is_the_mean_absolute_difference():
+  real = jnp.zeros((2, 4, 4, 3)).at[0, 1, 2].set(1.0)
+  generated = jnp.full((2, 4, 4, 3), -0.5)
+  # 93 of the 96 values differ by 0.5, the pixel set to 1 by 1.5.
+  assert float(losses.reconstruction(generated, real)) == pytest.approx(
+      (93 * 0.5 + 3 * 1.5) / 96
+  )
+  assert float(losses.reconstruction(real, real)) == 0.0

@@ -519,6 +519,47 @@ def test_diversity_partners_are_the_first_captions_under_other_noise():
     _setup(diversity=1.0, diversity_target=0.0)
 
 
+def test_reconstruction_pulls_only_the_first_rows_toward_their_real_images():
+  _, objective, batch, g_params, d_params = _setup(
+      reconstruction=2.0, reconstruction_rows=0.5
+  )
+  g_params = trained_like(g_params)
+  key = jax.random.key(5)
+  images = _generate(
+      objective, g_params, batch["ids"], batch["mask"], key
+  ).images
+
+  def loss_and_image_grads(objective):
+    out = objective.generate(g_params, batch, key)
+    return jax.jit(
+        jax.value_and_grad(
+            lambda x: objective.generator_output_loss(
+                out._replace(images=x), d_params, batch
+            ),
+            has_aux=True,
+        )
+    )(out.images)
+
+  (_, metrics), grads = loss_and_image_grads(objective)
+  (_, plain), plain_grads = loss_and_image_grads(_setup()[1])
+  # Half of the batch of 4: rows 0 and 1, against their own real images.
+  l1 = float(jnp.abs(images[:2] - batch["image"][:2]).mean())
+  assert float(metrics["g_reconstruction"]) == pytest.approx(l1, rel=1e-4)
+  assert float(metrics["g_loss"]) == pytest.approx(
+      float(plain["g_loss"]) + 2.0 * l1, rel=1e-4
+  )
+  # Its gradient on G's images: -2 sign(x - G) / n on the first rows, none
+  # on the others (n: the values of two images).
+  extra = np.asarray(grads - plain_grads)
+  sign = np.sign(np.asarray(images - batch["image"]))
+  np.testing.assert_allclose(
+      extra[:2], 2.0 * sign[:2] / sign[:2].size, atol=1e-7
+  )
+  np.testing.assert_array_equal(extra[2:], 0.0)
+  with pytest.raises(ValueError, match=r"reconstruction_rows .* in \(0, 1\]"):
+    _setup(reconstruction=1.0, reconstruction_rows=0.0)
+
+
 def test_bfloat16_is_computed_inside_and_stays_close_to_float32():
   config, objective, batch, g_params, d_params = _setup()
   config.model.dtype = "bfloat16"
