@@ -118,7 +118,8 @@ def default_config() -> ml_collections.ConfigDict:
           diversity_pairs=4,
           # G's images of the batch's first reconstruction_rows (a fraction)
           # pulled toward their captions' real images: mean |G(c, z) - x|
-          # (images in [-1, 1]) with this weight.
+          # (images in [-1, 1]) with this weight. 10 at 0.5 was ahead on
+          # every seed of shapes32 at 5,000 steps on one VM (section 52).
           reconstruction=0.0,
           reconstruction_rows=0.5,
       )

@@ -8,8 +8,8 @@ clock on a 2-core VM running it at 6.6-6.8 steps/s), on each of three
 training seeds: every attribute right for 97-100% of one-object captions
 (goal 90%), both objects right in 86-92% of two-object captions (goal
 80%), 74-96% of the objects of held-out colour-shape pairs (goal 70%), no
-extra objects (RESULTS.md 46); on a 2-core Intel Xeon VM seed 1 fell short
-at 5,000 (RESULTS.md 48). docs/quality.md has the tables."""
+extra objects (RESULTS.md 46); on a 2-core Intel Xeon VM seeds 0 and 1
+fell short at 5,000 (RESULTS.md 48, 52). docs/quality.md has the tables."""
 
 from dallex.config import default_config
 
