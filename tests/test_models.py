@@ -548,7 +548,7 @@ def test_reconstruction_pulls_only_the_first_rows_toward_their_real_images():
   assert float(metrics["g_loss"]) == pytest.approx(
       float(plain["g_loss"]) + 2.0 * l1, rel=1e-4
   )
-  # Its gradient on G's images: -2 sign(x - G) / n on the first rows, none
+  # Its gradient on G's images: 2 sign(G - x) / n on the first rows, none
   # on the others (n: the values of two images).
   extra = np.asarray(grads - plain_grads)
   sign = np.sign(np.asarray(images - batch["image"]))
