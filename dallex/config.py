@@ -118,9 +118,8 @@ def default_config() -> ml_collections.ConfigDict:
           diversity_pairs=4,
           # G's images of the batch's first reconstruction_rows (a fraction)
           # pulled toward their captions' real images: mean |G(c, z) - x|
-          # (images in [-1, 1]) with this weight. On shapes32, 10 on every
-          # row took three seeds to the goals by 4,000 steps on a VM where
-          # shapes32 misses them at 5,000 on two; half the rows did less (52).
+          # (images in [-1, 1]) with this weight; shapes32 uses 10 on every
+          # row (RESULTS.md 52, 53; half the rows did less).
           reconstruction=0.0,
           reconstruction_rows=1.0,
       )

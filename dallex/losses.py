@@ -193,10 +193,12 @@ def diversity_shortfall(
   objects) can carry more of the distance; capped at ``target``, so the term
   asks for the data's variation and no more.
   """
-  distance = jnp.mean(
-      jnp.abs(images.astype(jnp.float32) - partners.astype(jnp.float32))
-  )
-  return jax.nn.relu(target - distance)
+  return jax.nn.relu(target - mean_abs_difference(images, partners))
+
+
+def mean_abs_difference(a: jax.Array, b: jax.Array) -> jax.Array:
+  """mean |a - b| in float32 over images [K, R, R, 3]."""
+  return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
 
 
 def reconstruction(generated: jax.Array, real: jax.Array) -> jax.Array:
@@ -204,9 +206,7 @@ def reconstruction(generated: jax.Array, real: jax.Array) -> jax.Array:
   a direct, paired signal of what each caption's picture holds, where D's
   judgement reaches G only through D's own learning. L1, whose minimiser
   is the median: sharper than L2's mean where the scenes vary."""
-  return jnp.mean(
-      jnp.abs(generated.astype(jnp.float32) - real.astype(jnp.float32))
-  )
+  return mean_abs_difference(generated, real)
 
 
 def info_nce(

@@ -46,14 +46,14 @@ def test_200_steps_of_shapes32_place_objects_far_above_chance(
   # fmt: on
   metrics = json.loads((tmp_path / "eval.json").read_text())["splits"]["test"]
   # What 200 steps learn of a caption is where each object goes, one object
-  # per object asked for. Measured at shapes32's own batch 16 and rates: on
-  # an AMD EPYC VM, three seeds (RESULTS.md 46), cell accuracy 0.82 / 0.86 /
-  # 0.84, no extra objects 0.980 / 1.000 / 0.997; on an Intel Xeon VM, seed
-  # 0 (48), 0.51 and 0.43: the run is mid-way through learning to draw one
-  # object per object asked for, and the machine moves it. A generator that
-  # ignores the caption places objects at chance (1/9: every cell is equally
-  # likely in the data); one that draws k >= 2 blobs to catch the asked-for
-  # cell draws extras in nearly every image (and its k/9 passes the first
-  # test only from k = 4), so it fails the second test.
-  assert metrics["cell_accuracy"] > 3 * CHANCE_CELL, metrics
-  assert metrics["no_extra_rate"] > 0.3, metrics
+  # per object asked for. Measured at shapes32's own settings on an Intel
+  # Xeon VM, three seeds (RESULTS.md 53): cell accuracy 0.87 / 0.91 / 0.83,
+  # no extra objects 1.00 / 1.00 / 0.98; before shapes32 pulled G's images
+  # toward the real ones, 0.82-0.86 and 0.98-1.00 on an AMD EPYC VM (46),
+  # 0.51 and 0.43 on that Intel VM (48). A generator that ignores the
+  # caption places objects at chance (1/9: every cell is equally likely in
+  # the data); one that draws k >= 2 blobs to catch the asked-for cell
+  # draws extras in nearly every image (and its k/9 passes the first test
+  # only from k = 6), so it fails the second test.
+  assert metrics["cell_accuracy"] > 5 * CHANCE_CELL, metrics
+  assert metrics["no_extra_rate"] > 0.8, metrics
