@@ -23,9 +23,10 @@ def get_config():
   # The defaults' batch of 32, 4,000 steps and rates, and no L1 toward the
   # real images, which its numbers were measured at (RESULTS.md 25), not
   # shapes32's.
-  c.train = default_config().train
-  c.optim = default_config().optim
-  c.loss.reconstruction = default_config().loss.reconstruction
+  default = default_config()
+  c.train = default.train
+  c.optim = default.optim
+  c.loss.reconstruction = default.loss.reconstruction
   c.data.language = "mixed"
   c.sample.prompts = [
       "a small red circle on the left",
