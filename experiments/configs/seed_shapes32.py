@@ -17,13 +17,15 @@ from dallex.config import default_config
 def get_config():
   c = default_config()
   c.model.arch = "seed"
-  # The article's BCE without a penalty; its D has no embedding heads, its G no grid.
+  # The article's BCE without a penalty or an L1; its D has no embedding
+  # heads, its G no grid.
   c.loss.update(
       adversarial="nonsaturating",
       gradient_penalty="none",
       contrastive_d=0.0,
       contrastive_g=0.0,
       layout=0.0,
+      reconstruction=0.0,
   )
   # The rates its numbers were measured at (RESULTS.md section 18); the article names none.
   c.optim.g.lr, c.optim.d.lr = 1e-4, 4e-4
