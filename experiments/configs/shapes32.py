@@ -44,6 +44,7 @@ def get_config():
   # row: G learns what a caption's picture holds directly, not only through
   # D. On a VM where two of three seeds without it were short at 5,000
   # steps, 10 took all three to the goals by 4,000; 20 took two of them
-  # there by 3,250 and left the third short at 4,000 (RESULTS.md 52, 53).
+  # there by 3,250 and left the third short at 4,000, and 30 was behind 20
+  # (RESULTS.md 52, 53). The default's 50 was chosen on OpenMoji (55).
   c.loss.reconstruction = 10.0
   return c
