@@ -140,7 +140,7 @@ def step_flops(config) -> float:
   """The train step's FLOPs, counted the same way on every backend."""
   with _cpu_counting():
     step, state, batch, _ = _train_setup(
-        _unrolled(config), jax.devices("cpu")[:1]
+        _unrolled(config), jax.devices("cpu")[:1], abstract=True
     )
     return _flops(step.lower(state, batch).compile())
 
@@ -177,10 +177,11 @@ def matmul_flops_per_s(
   return best
 
 
-def _train_setup(config, devices=None, batch=None):
+def _train_setup(config, devices=None, batch=None, abstract=False):
   """(compiled step, state, device batch, batch size) as the training loop
   builds them; ``batch`` (host arrays) or one caption repeated over random
-  images."""
+  images. ``abstract``: the state as shapes only, enough to lower the step
+  (counting its FLOPs needs no initialised parameters)."""
   objective = build_objective(config)
   g_tx, d_tx = train.make_optimizers(config.optim)
   mesh = train.data_mesh(devices)
@@ -201,10 +202,14 @@ def _train_setup(config, devices=None, batch=None):
         "ids": ids,
         "mask": mask,
     }
-  state = jax.jit(
-      lambda k: train.create_train_state(objective, g_tx, d_tx, k, batch),
-      out_shardings=replicated,
-  )(jax.random.key(0))
+  make = lambda k: train.create_train_state(objective, g_tx, d_tx, k, batch)
+  if abstract:
+    state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(make, jax.random.key(0)),
+    )
+  else:
+    state = jax.jit(make, out_shardings=replicated)(jax.random.key(0))
   step_fn = train.configured_step(config, objective, g_tx, d_tx)
   return (
       train.jit_sharded_step(step_fn, mesh),

@@ -32,7 +32,7 @@ flags.FLAGS(["benchmark", "--steps=2", "--repeats=1"])
 config = tiny_config()
 config.train.batch_size = 4
 out = benchmark.bench_train(config, matmul=1e9)
-step, state, batch, _ = benchmark._train_setup(config, jax.devices()[:1])
+step, state, batch, _ = benchmark._train_setup(config, jax.devices()[:1], abstract=True)
 out["scanned_step_flops"] = benchmark._flops(step.lower(state, batch).compile())
 print(json.dumps(out))
 """

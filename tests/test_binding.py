@@ -126,8 +126,9 @@ def test_supervised_front_end_learns_the_colours_of_a_scene():
   scene's colours under its objects' tokens, far above the 1-in-8 of chance."""
   config = tiny_config()
   config.model.text.max_length = 96
+  # Batch 32 read 0.45-0.57 at step 50 over seeds 0-2 (batch 64: 0.57-0.60).
   curve = binding.train_front_end(
-      config.model, steps=50, eval_every=50, lr=3e-3
+      config.model, steps=50, eval_every=50, lr=3e-3, batch_size=32
   )
   assert [s for s, _ in curve] == [0, 50]
   assert curve[-1][1] > 0.35 > curve[0][1] + 0.1
