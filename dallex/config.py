@@ -124,10 +124,6 @@ def default_config() -> ml_collections.ConfigDict:
           # takes 10 (52, 53; half the rows did less).
           reconstruction=50.0,
           reconstruction_rows=1.0,
-          # 2: each of those captions drawn under a second noise too, and only
-          # the nearer of its two images pulled, so the other is free to
-          # differ (losses.nearest_reconstruction); 1: the one image pulled.
-          reconstruction_draws=1,
       )
   )
 
@@ -253,7 +249,6 @@ _ADDED_FIELDS = {
     "loss.diversity_pairs": 4,
     "loss.reconstruction": 0.0,
     "loss.reconstruction_rows": 1.0,
-    "loss.reconstruction_draws": 1,
 }
 
 

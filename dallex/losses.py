@@ -209,18 +209,6 @@ def reconstruction(generated: jax.Array, real: jax.Array) -> jax.Array:
   return mean_abs_difference(generated, real)
 
 
-def nearest_reconstruction(
-    generated: jax.Array, others: jax.Array, real: jax.Array
-) -> jax.Array:
-  """Mean over rows of min(mean |generated - real|, mean |others - real|), each
-  [K, R, R, 3]: two draws of each caption, and only the nearer one pulled
-  toward the real image. The plain L1 pulls every noise seed of a caption to
-  the same picture; here one draw can match it while the other stays free
-  (a best-of-two, as in implicit maximum likelihood estimation)."""
-  per_row = lambda x: jnp.abs(x - real).mean(axis=(1, 2, 3))
-  return jnp.minimum(per_row(generated), per_row(others)).mean()
-
-
 def info_nce(
     img_emb: jax.Array, txt_emb: jax.Array, logit_scale: jax.Array | float
 ) -> jax.Array:

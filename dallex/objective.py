@@ -11,8 +11,7 @@
         + layout * L1/L2(G's grid guess of the layout, real pooled to G^2 blocks)
         + contrastive_g * InfoNCE(generated images, their captions)  "encoder loss"
         + kl * KL(conditioning augmentation || N(0, I))
-        + reconstruction * mean |G(c, z) - x|  on the first rows (x: c's real image;
-            with reconstruction_draws=2, the nearer of G(c, z), G(c, z'))
+        + reconstruction * mean |G(c, z) - x|  on the first rows (x: c's real image)
         + diversity * max(0, target - mean |G(c, z) - G(c, z')|)  on K captions
 
 Each loss stops gradients into the other player's tree, so the gradient of
@@ -94,12 +93,6 @@ class GanObjective:
           f"loss.diversity_pairs >= 1, got {self.loss.diversity_target} and "
           f"{self.loss.diversity_pairs}"
       )
-    if self.loss.reconstruction_draws not in (1, 2):
-      raise ValueError(
-          "loss.reconstruction_draws is how many images of each caption the "
-          "L1 picks the nearer from, 1 or 2; got "
-          f"{self.loss.reconstruction_draws!r}"
-      )
     if not 0.0 < self.loss.reconstruction_rows <= 1.0:
       raise ValueError(
           "loss.reconstruction_rows is the fraction of each batch pulled "
@@ -152,24 +145,16 @@ class GanObjective:
     index = batch.get("index", jnp.arange(b))
     return (index, *noise.latents(key, index, self.z_dim, self.ca_dim))
 
-  def _reconstruction_rows(self, b: int) -> int:
-    """How many of ``b`` rows (a device's, under pmap) the L1 pulls."""
-    return max(1, round(self.loss.reconstruction_rows * b))
-
   def generate_pass(self, g_params, batch, key):
-    """``generate``'s output for the batch and the partners: [K, R, R, 3]
-    images of the batch's first K captions under other noise z (the same
-    conditioning noise), drawn in the same pass, for the diversity term
-    (``loss.diversity_pairs``) and the L1's second draw (its rows, with
-    ``loss.reconstruction_draws=2``), K the larger; None when neither asks."""
-    b = batch["ids"].shape[0]
-    k = 0
-    if self.loss.diversity:
-      k = min(self.loss.diversity_pairs, b)
-    if self.loss.reconstruction and self.loss.reconstruction_draws == 2:
-      k = max(k, self._reconstruction_rows(b))
-    if not k:
+    """``generate``'s output for the batch and, with ``loss.diversity``, the
+    partners: [K, R, R, 3] images of the batch's first K captions
+    (``loss.diversity_pairs``; under pmap, of each device's rows) under
+    other noise z (the same conditioning noise), drawn in the same pass;
+    else None."""
+    if not self.loss.diversity:
       return self.generate(g_params, batch, key), None
+    b = batch["ids"].shape[0]
+    k = min(self.loss.diversity_pairs, b)
     index, z, eps = self._latents(batch, key)
     z_partner, _ = noise.latents(
         jax.random.fold_in(key, _PARTNER_STREAM), index[:k], self.z_dim, 1
@@ -344,12 +329,8 @@ class GanObjective:
       metrics["g_contrastive"] = nce
     if self.loss.reconstruction:
       # Under pmap each device's first rows: the same fraction of the batch.
-      rows = self._reconstruction_rows(fake.shape[0])
-      real = batch["image"][:rows]
-      if self.loss.reconstruction_draws == 2:
-        rec = losses.nearest_reconstruction(fake[:rows], partners[:rows], real)
-      else:
-        rec = losses.reconstruction(fake[:rows], real)
+      rows = max(1, round(self.loss.reconstruction_rows * fake.shape[0]))
+      rec = losses.reconstruction(fake[:rows], batch["image"][:rows])
       total += self.loss.reconstruction * rec
       metrics["g_reconstruction"] = rec
     if self.loss.kl:
@@ -357,9 +338,8 @@ class GanObjective:
       total += self.loss.kl * kl
       metrics["g_kl"] = kl
     if self.loss.diversity:
-      k = min(self.loss.diversity_pairs, fake.shape[0])
       shortfall = losses.diversity_shortfall(
-          fake[:k], partners[:k], self.loss.diversity_target
+          fake[: partners.shape[0]], partners, self.loss.diversity_target
       )
       total += self.loss.diversity * shortfall
       metrics["g_diversity_shortfall"] = shortfall

@@ -560,61 +560,6 @@ def test_reconstruction_pulls_only_the_first_rows_toward_their_real_images():
     _setup(reconstruction=1.0, reconstruction_rows=0.0)
 
 
-def test_two_draws_pull_only_the_nearer_image_of_each_caption():
-  """reconstruction_draws=2: the L1's rows drawn again under the partners'
-  noise, and of each row's two images only the nearer one pulled."""
-  _, objective, batch, g_params, d_params = _setup(
-      reconstruction=2.0, reconstruction_rows=0.5, reconstruction_draws=2
-  )
-  g_params = trained_like(g_params)
-  key = jax.random.key(5)
-  out, partners = jax.jit(objective.generate_pass)(g_params, batch, key)
-  # The second draws of the first two rows (the L1's half of the batch of 4).
-  assert partners.shape == (2, *out.images.shape[1:])
-  real = batch["image"][:2]
-  # Push row 0's partner onto its real image, row 1's far from it, so each
-  # row's nearer draw is known.
-  partners = partners.at[0].set(real[0] + 0.01).at[1].set(-real[1])
-  images_grad, partners_grad = jax.jit(
-      jax.grad(
-          lambda x, p: objective.generator_output_loss(
-              out._replace(images=x), d_params, batch, None, p
-          )[0],
-          argnums=(0, 1),
-      )
-  )(out.images, partners)
-  metrics = objective.generator_output_loss(
-      out, d_params, batch, None, partners
-  )[1]
-  own = jnp.abs(out.images[:2] - real).mean(axis=(1, 2, 3))
-  other = jnp.abs(partners - real).mean(axis=(1, 2, 3))
-  assert float(other[0]) < float(own[0]) and float(own[1]) < float(other[1])
-  assert float(metrics["g_reconstruction"]) == pytest.approx(
-      float(jnp.minimum(own, other).mean()), rel=1e-5
-  )
-  plain_grad = jax.jit(
-      jax.grad(
-          lambda x: _setup(reconstruction=0.0)[1].generator_output_loss(
-              out._replace(images=x), d_params, batch
-          )[0]
-      )
-  )(out.images)
-  # Row 0 pulls its partner alone, row 1 its own image alone, by
-  # 2 sign(image - x) / (2 n): the weight, two rows averaged, n the values
-  # of one image; rows 2 and 3 are not the L1's.
-  n = real[0].size
-  pull = lambda image, x: 2.0 * np.sign(np.asarray(image - x)) / (2 * n)
-  extra = np.asarray(images_grad - plain_grad)
-  np.testing.assert_allclose(
-      partners_grad[0], pull(partners[0], real[0]), atol=1e-7
-  )
-  np.testing.assert_array_equal(partners_grad[1], 0.0)
-  np.testing.assert_allclose(extra[1], pull(out.images[1], real[1]), atol=1e-7)
-  np.testing.assert_allclose(extra[[0, 2, 3]], 0.0, atol=1e-7)
-  with pytest.raises(ValueError, match="reconstruction_draws .* 1 or 2"):
-    _setup(reconstruction=1.0, reconstruction_draws=3)
-
-
 def test_bfloat16_is_computed_inside_and_stays_close_to_float32():
   config, objective, batch, g_params, d_params = _setup()
   config.model.dtype = "bfloat16"
