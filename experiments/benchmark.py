@@ -204,10 +204,8 @@ def _train_setup(config, devices=None, batch=None, abstract=False):
     }
   make = lambda k: train.create_train_state(objective, g_tx, d_tx, k, batch)
   if abstract:
-    state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        jax.eval_shape(make, jax.random.key(0)),
-    )
+    # The step's own in_shardings place it.
+    state = jax.eval_shape(make, jax.random.key(0))
   else:
     state = jax.jit(make, out_shardings=replicated)(jax.random.key(0))
   step_fn = train.configured_step(config, objective, g_tx, d_tx)
@@ -680,29 +678,7 @@ def bench_compile(config, depths: list[int]) -> dict:
     c = config.copy_and_resolve_references()
     c.model.generator.depth = depth
     c.model.text.depth = depth
-    objective = build_objective(c)
-    g_tx, d_tx = train.make_optimizers(c.optim)
-    res, length, b = (
-        c.data.resolution,
-        c.model.text.max_length,
-        c.train.batch_size,
-    )
-    ids, mask = ByteTokenizer(length).encode(["a"] * b)
-    batch = {
-        "image": np.zeros((b, res, res, 3), np.float32),
-        "ids": ids,
-        "mask": mask,
-    }
-    state = jax.eval_shape(
-        functools.partial(
-            train.create_train_state, objective, g_tx, d_tx, batch=batch
-        ),
-        jax.random.key(0),
-    )
-    step = train.jit_sharded_step(
-        train.configured_step(c, objective, g_tx, d_tx),
-        train.data_mesh(jax.devices()[:1]),
-    )
+    step, state, batch, _ = _train_setup(c, jax.devices()[:1], abstract=True)
     start = time.perf_counter()
     step.lower(state, batch).compile()
     seconds.append(time.perf_counter() - start)
