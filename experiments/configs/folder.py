@@ -7,7 +7,7 @@ The default model on your data: its layout head learns a 16 x 16 copy of
 each real image (block means) from the caption, and an L1 pulls its images
 toward their captions' real ones. What it reaches depends on the data; on
 OpenMoji (``openmoji.py``) the nearest real image of a generated one is
-the named one for 32-36% of the captions after 4,200 steps.
+the named one for 46-50% of the captions after 4,200 steps.
 Watch runs/folder/samples/ and set --config.sample.prompts to captions of
 your own.
 """
