@@ -137,10 +137,10 @@ def default_config() -> ml_collections.ConfigDict:
           # repay (arch="seed": its step 17% slower flattened).
           flatten=True,
           # Two time scales, D's rate 2x G's: on OpenMoji with the L1 above,
-          # every measure up on three seeds against G 4e-4 with D 1.6e-3
-          # (59); on the shapes, the worst of three seeds at the goals by
-          # 5,000 steps where G 8e-4 needed 5,250 (46); 1.2x both broke the
-          # game there (36).
+          # retrieval and the group classifier up on three seeds against G
+          # 4e-4 with D 1.6e-3 (59); on the shapes, the worst of three seeds
+          # at the goals by 5,000 steps where G 8e-4 needed 5,250 (46); 1.2x
+          # both broke the game there (36).
           g=dict(
               lr=1e-3, b1=0.0, b2=0.99, eps=1e-8, warmup_steps=0, clip_norm=0.0
           ),

@@ -8,14 +8,13 @@ after writing the data once: pip install 'dallex[openmoji]', then
 python -m experiments.prepare_openmoji data/openmoji. 64 px:
 --config.data.resolution=64 (not yet measured).
 
-Reaches, at 4,200 steps (what its 30 minutes held on 2-core VMs
-measuring 170-199 GFLOP/s), seeds 0, 1, 2 on a 2-core Intel Xeon VM: the
+Reaches, at 4,200 fixed steps, seeds 0, 1, 2 on a 2-core Intel Xeon VM: the
 nearest real image of a generated one (dallex/evaluation/realdata.py) is
 the one its caption names for 46-50% of the captions, among the five
 nearest for 75-77% (chance 0.12%); a classifier of the emoji groups fit
 on the real images reads 46-48% of the generated ones right (chance
 11%; the real images it was fit on 96%, real images it was not 58%).
-Alone, its 30 minutes held 4,750 steps on that VM kind (188
+Alone, its own 30 minutes held 4,750 steps on that VM kind (188
 GFLOP/s, seed 0): 54%, 81% and 49%.
 RESULTS.md 38-39, 43, 55 and 59, docs/quality.md.
 """
