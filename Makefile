@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Train the default model on the built-in shapes for its 4,500 steps (resumes
+# Train the default model on the built-in shapes for its 5,000 steps (resumes
 # if runs/shapes32 has checkpoints), then draw a grid: one row per prompt, four
-# seeds each. The 70-minute cap is a safety: 4,500 steps fit in it at a third
+# seeds each. The 70-minute cap is a safety: 5,000 steps fit in it at a third
 # of the slowest VM measured (3.85 steps/s); a run it stops says so.
 demo: $(STAMP)
 	$(BIN)/python -m experiments.train --config experiments/configs/shapes32.py --workdir runs/shapes32 \

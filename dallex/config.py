@@ -73,6 +73,8 @@ def default_config() -> ml_collections.ConfigDict:
               layout_head=True,  # the grid tokens guess the coarse image (loss.layout; 16)
               layout_patch=4,  # each guesses a P x P patch of it: [G*P, G*P] (27)
               grid_style=False,  # w added to the grid tokens, AdaLN in its Transformer (16)
+              colour_jitter=0.0,  # s.d. of the sampler's random colour gain (61)
+              colour_jitter_nodes=2,  # its node grid's side
           ),
           discriminator=dict(
               base_channels=16,
@@ -254,6 +256,8 @@ _ADDED_FIELDS = {
     "loss.diversity_pairs": 4,
     "loss.reconstruction": 0.0,
     "loss.reconstruction_rows": 1.0,
+    "model.generator.colour_jitter": 0.0,
+    "model.generator.colour_jitter_nodes": 2,
 }
 
 

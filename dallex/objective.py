@@ -135,9 +135,12 @@ class GanObjective:
 
   def generate(self, g_params, batch, key):
     """G's output for the batch's captions, each example's noise drawn from
-    ``key`` and its index (``batch["index"]``, default its row)."""
+    ``key`` and its index (``batch["index"]``, default its row); with the
+    generator's jitter, its images as drawn (see ``_as_drawn``)."""
     _, z, eps = self._latents(batch, key)
-    return self.generator.apply(g_params, batch["ids"], batch["mask"], z, eps)
+    return _as_drawn(
+        self.generator.apply(g_params, batch["ids"], batch["mask"], z, eps)
+    )
 
   def _latents(self, batch, key):
     """Each example's index and its noise (z [B, Z], eps [B, C]) under ``key``."""
@@ -167,6 +170,7 @@ class GanObjective:
         twice(z, z_partner),
         twice(eps, eps),
     )
+    out = _as_drawn(out)
     partners = out.images[b:]
     return jax.tree.map(lambda x: x[:b], out), partners
 
@@ -345,6 +349,15 @@ class GanObjective:
       metrics["g_diversity_shortfall"] = shortfall
     metrics["g_loss"] = total
     return total, metrics
+
+
+def _as_drawn(out):
+  """G's output with its images as drawn, before the generator's colour
+  jitter: the jitter is the sampler's, a fixed random layer that training
+  never sees (RESULTS.md 61), and the train step is the same without it."""
+  if out.drawn is None:
+    return out
+  return out._replace(images=out.drawn, drawn=None)
 
 
 def build_objective(config) -> GanObjective:

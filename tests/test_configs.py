@@ -137,7 +137,8 @@ def _tiny_sizes(config):
   """``config`` with every width and depth cut to test size; its structure
   (arch, grid, resolution, caption length, dtype, scan, remat, losses) kept."""
   m = config.model
-  m.z_dim = m.ca_dim = 8
+  # 16: room for shapes32's colour jitter (12 channels of z).
+  m.z_dim, m.ca_dim = 16, 8
   m.text.update(width=16, depth=1, heads=2)
   m.generator.update(style_dim=16, width=16, depth=1, heads=2)
   m.generator.update(base_channels=16, min_channels=4)

@@ -25,18 +25,21 @@ import jax.numpy as jnp
 from dallex.models.conditioning import Conditioning, ConditioningAugmentation
 from dallex.models import cpu_kernels
 from dallex.models.layers import Conv, Dtype, Norm, PointwiseConv, TransformerStack, conv
+from dallex.models.jitter import colour_jitter
 from dallex.models.text_encoder import TextEncoder, TextFeatures
 
 
 class GeneratorOutput(NamedTuple):
   """images: [B, R, R, 3] in [-1, 1]; text: the encoder's features; cond: the CA
   sample; layout: [B, G, G, 3], the grid tokens' guess of the image pooled
-  over each token's square (with ``layout_head``; else None)."""
+  over each token's square (with ``layout_head``; else None); drawn:
+  [B, R, R, 3], the images before the colour jitter (with it; else None)."""
 
   images: jax.Array
   text: TextFeatures
   cond: Conditioning
   layout: jax.Array | None = None
+  drawn: jax.Array | None = None
 
 
 def num_doublings(resolution: int, start: int) -> int:
@@ -219,6 +222,12 @@ class Generator(nn.Module):
       grid tokens shared by all of them outgrew the part that differs from
       token to token over 5,000-fold in trained shapes32 runs, so the grid barely
       told one cell from another (RESULTS.md section 16).
+    colour_jitter: the s.d. of a smooth random gain of each colour channel of
+      the images (``dallex.models.jitter``), from the first
+      3 colour_jitter_nodes^2 channels of z (which the mapping also reads),
+      so that a caption's noise seeds vary its colours as the data does;
+      training sees the images before it (``GeneratorOutput.drawn``); 0 off.
+    colour_jitter_nodes: the side of its node grid.
   """
 
   text_encoder: TextEncoder
@@ -239,6 +248,8 @@ class Generator(nn.Module):
   layout_head: bool
   layout_patch: int
   grid_style: bool
+  colour_jitter: float
+  colour_jitter_nodes: int
   scan: bool
   remat: bool
   dtype: Dtype
@@ -315,5 +326,16 @@ class Generator(nn.Module):
     for i, channels in enumerate(stages):
       local = grid_tokens if i < self.local_style else None
       x = UpBlock(channels, self.dtype, name=f"up_{i}")(x, w, local)
-    rgb = PointwiseConv(3, dtype=jnp.float32, name="to_rgb")(x)
-    return GeneratorOutput(inward_clip(rgb), text, cond, layout)
+    rgb = inward_clip(PointwiseConv(3, dtype=jnp.float32, name="to_rgb")(x))
+    if not self.colour_jitter:
+      return GeneratorOutput(rgb, text, cond, layout)
+    n = self.colour_jitter_nodes
+    if n < 1 or 3 * n * n > self.z_dim:
+      raise ValueError(
+          "model.generator.colour_jitter reads 3 colour_jitter_nodes^2 "
+          f"channels of z: needs colour_jitter_nodes >= 1 and at most z_dim="
+          f"{self.z_dim} of them, got colour_jitter_nodes={n}"
+      )
+    noise = z[:, : 3 * n * n].reshape(batch, n, n, 3)
+    jittered = colour_jitter(rgb, noise, self.colour_jitter)
+    return GeneratorOutput(jittered, text, cond, layout, rgb)
