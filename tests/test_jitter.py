@@ -37,7 +37,7 @@ def _objective(colour=0.0, nodes=2):
 
 def test_the_sampler_jitters_colours_by_its_noise_and_training_never_sees_it():
   config, objective = _objective(colour=0.1)
-  _, plain = _objective()
+  plain_config, plain = _objective()
   batch = tiny_batch(config, 4)
   params = init_params(plain, jax.random.key(0), batch)[0]
   z = jax.random.normal(jax.random.key(1), (4, 16))
@@ -60,7 +60,7 @@ def test_the_sampler_jitters_colours_by_its_noise_and_training_never_sees_it():
       plain.generate(params, batch, jax.random.key(2)).images,
   )
   states = []
-  for o, c in ((objective, config), (plain, _objective()[0])):
+  for o, c in ((objective, config), (plain, plain_config)):
     g_tx, d_tx = make_optimizers(c.optim)
     state = create_train_state(o, g_tx, d_tx, jax.random.key(0), batch)
     step = jax.jit(configured_step(c, o, g_tx, d_tx))
